@@ -1,0 +1,3 @@
+from temde.cli import main
+import sys
+sys.exit(main())
