@@ -1,0 +1,134 @@
+"""Global pooling modules behind one signature: `forward(local [B, L, dim], mask [B, L]) -> [B, out_dim]`.
+
+Every pool returns L2-normalised rows and exposes `.out_dim`, so a host model can swap them freely:
+- "attention": SGRAF's VisualSA / TextSA self-attention pooling (the module T-EMDE replaces), batched and masked;
+- "temde": the trainable EMDE sketch (temde.sketch.TEMDE);
+- "mha": transformer-style multi-head self-attention over the tokens, then a masked mean (quadratic in tokens);
+- "mean": the masked mean.
+A row with no real token never gives NaN: it pools to zeros (or, for a projected TEMDE, its normalised bias).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from temde.sketch.temde import TEMDE
+from temde.sketch.validation import check_tokens, masked_mean
+
+
+def _xavier_linear(in_dim: int, out_dim: int) -> nn.Linear:
+    """Linear layer initialised as SGRAF does: uniform(+-sqrt(6 / (in + out))), zero bias."""
+    layer = nn.Linear(in_dim, out_dim)
+    bound = math.sqrt(6.0) / math.sqrt(in_dim + out_dim)
+    nn.init.uniform_(layer.weight, -bound, bound)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class MaskedBatchNorm(nn.Module):
+    """BatchNorm over the features of the real tokens only, so padding never shifts the statistics.
+
+    SGRAF's VisualSA normalises over a fixed axis of 36 regions (BatchNorm1d(num_region)); with variable-length,
+    masked token sets the per-feature normalisation of real tokens is the well-defined generalisation.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        out[mask] = self.norm(x[mask])
+        return out
+
+
+class AttentionPool(nn.Module):
+    """SGRAF's self-attention pooling: the mean of the tokens is the query of an additive-style attention.
+
+    local and mean each go through Linear (+BatchNorm for images) + Tanh + Dropout; their product goes through
+    Linear -> 1 to score each token; a softmax over the real tokens weights the sum of the raw locals.
+    """
+
+    def __init__(self, dim: int, batchnorm: bool = False, dropout: float = 0.4):
+        super().__init__()
+        self.dim = self.out_dim = dim
+        self.local_linear = _xavier_linear(dim, dim)
+        self.global_linear = _xavier_linear(dim, dim)
+        self.local_norm = MaskedBatchNorm(dim) if batchnorm else None
+        self.global_norm = nn.BatchNorm1d(dim) if batchnorm else None
+        self.dropout = nn.Dropout(dropout)
+        self.score = _xavier_linear(dim, 1)
+
+    def forward(self, local: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = check_tokens(local, mask, self.dim)
+        raw_global = masked_mean(local, mask)
+        l_emb = self.local_linear(local)
+        g_emb = self.global_linear(raw_global)
+        if self.local_norm is not None:
+            l_emb = self.local_norm(l_emb, mask)
+            g_emb = self.global_norm(g_emb)
+        l_emb = self.dropout(torch.tanh(l_emb))
+        g_emb = self.dropout(torch.tanh(g_emb))
+        logits = self.score(l_emb * g_emb.unsqueeze(1)).squeeze(-1)
+        logits = logits.masked_fill(~mask, float("-inf"))
+        # A row without real tokens would softmax over all -inf (NaN): give it zero weights instead.
+        weights = torch.where(mask.any(1, keepdim=True), logits.softmax(1), torch.zeros_like(logits))
+        pooled = (weights.unsqueeze(-1) * local).sum(1)
+        return F.normalize(pooled, p=2, dim=-1)
+
+
+class MultiHeadPool(nn.Module):
+    """Transformer-style pooling: y = LayerNorm(x + MHA(x)), masked mean, L2. Quadratic in the token count."""
+
+    def __init__(self, dim: int, heads: int = 8, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        self.dim = self.out_dim = dim
+        self.attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, local: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = check_tokens(local, mask, self.dim)
+        # Fully padded rows would attend to nothing (NaN); let them attend to their padding, then drop them.
+        key_mask = mask | ~mask.any(1, keepdim=True)
+        attended, _ = self.attention(local, local, local, key_padding_mask=~key_mask, need_weights=False)
+        return F.normalize(masked_mean(self.norm(local + attended), mask), p=2, dim=-1)
+
+
+class MeanPool(nn.Module):
+    """Masked mean of the tokens, L2-normalised. No parameters."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = self.out_dim = dim
+
+    def forward(self, local: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = check_tokens(local, mask, self.dim)
+        return F.normalize(masked_mean(local, mask), p=2, dim=-1)
+
+
+POOLS: dict[str, Callable[..., nn.Module]] = {
+    "attention": AttentionPool,
+    "temde": TEMDE,
+    "mha": MultiHeadPool,
+    "mean": MeanPool,
+}
+
+
+def list_pools() -> list[str]:
+    return list(POOLS)
+
+
+def make_pool(kind: str, dim: int, **options) -> nn.Module:
+    """Build a global pooling module by name; options go to its constructor (see each class)."""
+    if kind not in POOLS:
+        raise ValueError(f"pooling kind must be one of {list_pools()}, got {kind!r}")
+    try:
+        return POOLS[kind](dim, **options)
+    except TypeError as exc:  # an option the kind does not take
+        raise ValueError(f"bad options for pooling {kind!r}: {exc}") from None

@@ -1,0 +1,183 @@
+"""T-EMDE: a trainable, differentiable EMDE sketch of a set of tokens.
+
+Every token is hashed *softly* into the buckets of `n_partitions` partitionings, each cut by `n_bits`
+hyperplanes. For plane k of partitioning n the token's scaled signed distance is
+    z = (standardise(x) . w_nk - b_nk) / temperature
+and the probability of bucket code c (bits c_k, signs s_k = 2 c_k - 1) is
+    p(c) = prod_k sigmoid(s_k z_k) = softmax_c(1/2 sum_k s_k z_k),
+so as temperature -> 0 it becomes the one-hot code of classic EMDE (DLSH.codes). The sketch of a token set is
+the masked sum of p over tokens: an `[n_partitions, 2**n_bits]` histogram, each row L2-normalised, flattened,
+and optionally projected to `out_dim`. Cost is linear in the number of tokens: O(L d NK + L N 2^K).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from temde.sketch.emde import DLSH, bit_weights
+from temde.sketch.validation import check_tokens
+
+RELAXATIONS = ("sigmoid", "gumbel", "straight_through")
+
+
+def code_signs(n_bits: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """`[2**n_bits, n_bits]` matrix of +-1: row c holds the signs of code c's bits, most significant first."""
+    codes = torch.arange(2 ** n_bits, device=device)
+    bits = (codes.unsqueeze(-1) // bit_weights(n_bits, device)) % 2
+    return (2 * bits - 1).to(dtype)
+
+
+class TEMDE(nn.Module):
+    """Trainable EMDE pooling: `forward(x [B, L, dim], mask [B, L]) -> [B, out_dim]`, L2-normalised rows.
+
+    Args:
+        dim: features per token.
+        n_partitions: independent partitionings N (sketch depth).
+        n_bits: hyperplanes per partitioning K; each partitioning has 2**K buckets (sketch width).
+        temperature: softness of the bucket assignment; -> 0 gives EMDE's hard codes.
+        relaxation: "sigmoid" (product of per-bit sigmoids), "gumbel" (Gumbel-softmax while training, the
+            sigmoid product in eval) or "straight_through" (hard one-hot forward, sigmoid-product gradient).
+        learn_planes: train the hyperplanes and biases (False keeps the DLSH partitioning fixed; the sketch is
+            still differentiable with respect to the tokens).
+        out_dim: if set, a Linear from the flattened sketch (N * 2**K) to out_dim; else out_dim = N * 2**K.
+        seed: seed of the random hyperplane directions.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_partitions: int = 16,
+        n_bits: int = 6,
+        temperature: float = 1.0,
+        relaxation: str = "sigmoid",
+        learn_planes: bool = True,
+        out_dim: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if relaxation not in RELAXATIONS:
+            raise ValueError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
+        if not 1 <= n_bits <= 12:
+            raise ValueError(f"n_bits must be in [1, 12] (2**n_bits buckets per partitioning), got {n_bits}")
+        if n_partitions < 1:
+            raise ValueError(f"n_partitions must be >= 1, got {n_partitions}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.dim = dim
+        self.n_partitions = n_partitions
+        self.n_bits = n_bits
+        self.relaxation = relaxation
+        self.learn_planes = learn_planes
+        self.seed = seed
+        self.sketch_dim = n_partitions * 2 ** n_bits
+        self.out_dim = out_dim if out_dim is not None else self.sketch_dim
+
+        # Random directions: for unit-norm tokens x . w ~ N(0, 1), so the temperature has a meaning even before
+        # the data-driven initialisation (init_from_tokens) sets median biases and per-plane scales.
+        generator = torch.Generator().manual_seed(seed)
+        planes = torch.randn(dim, n_partitions * n_bits, generator=generator)
+        bias = torch.zeros(n_partitions * n_bits)
+        if learn_planes:
+            self.planes = nn.Parameter(planes)
+            self.bias = nn.Parameter(bias)
+        else:
+            self.register_buffer("planes", planes)
+            self.register_buffer("bias", bias)
+        # Per-feature standardisation of the tokens (DLSH's); identity until init_from_tokens/from_dlsh.
+        self.register_buffer("in_mean", torch.zeros(dim))
+        self.register_buffer("in_std", torch.ones(dim))
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.register_buffer("signs", code_signs(n_bits), persistent=False)
+        self.proj = nn.Linear(self.sketch_dim, out_dim) if out_dim is not None else None
+
+    # ---- initialisation -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def load_dlsh(self, dlsh: DLSH) -> "TEMDE":
+        """Take a fitted DLSH's partitioning. Each plane is scaled by the spread of its projections on the
+        fitting data, so z is in units of that spread and the temperature is comparable across planes."""
+        if not dlsh.fitted:
+            raise ValueError("dlsh must be fitted before it initialises a TEMDE")
+        if (dlsh.n_partitions, dlsh.n_bits) != (self.n_partitions, self.n_bits):
+            raise ValueError(
+                f"dlsh has {dlsh.n_partitions}x{dlsh.n_bits} planes, TEMDE has {self.n_partitions}x{self.n_bits}")
+        if dlsh.directions.shape[0] != self.dim:
+            raise ValueError(f"dlsh was fitted on {dlsh.directions.shape[0]} features, TEMDE has dim={self.dim}")
+        scale = dlsh.proj_std.clamp_min(1e-6)
+        self.in_mean.copy_(dlsh.mean)
+        self.in_std.copy_(dlsh.std)
+        self.planes.copy_(dlsh.directions / scale)
+        self.bias.copy_(dlsh.bias / scale)
+        return self
+
+    @classmethod
+    def from_dlsh(cls, dlsh: DLSH, temperature: float = 1.0, **kwargs) -> "TEMDE":
+        """A TEMDE whose hard limit (temperature -> 0) is exactly `dlsh.codes`."""
+        module = cls(dlsh.directions.shape[0], dlsh.n_partitions, dlsh.n_bits, temperature=temperature,
+                     seed=dlsh.seed, **kwargs)
+        return module.load_dlsh(dlsh.to(module.planes.device))
+
+    @torch.no_grad()
+    def init_from_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> "TEMDE":
+        """Data-driven initialisation (DLSH on real tokens): standardise, Gaussian directions, median biases.
+
+        x: `[M, dim]` tokens, or `[B, L, dim]` with an optional `[B, L]` mask of the real ones.
+        """
+        if x.dim() == 3:
+            x = x[check_tokens(x, mask, self.dim)]
+        elif x.dim() != 2 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be [tokens, {self.dim}] or [batch, tokens, {self.dim}], got {tuple(x.shape)}")
+        dlsh = DLSH(self.n_partitions, self.n_bits, seed=self.seed).fit(x.detach().float())
+        return self.load_dlsh(dlsh.to(self.planes.device))
+
+    def set_temperature(self, value: float) -> None:
+        if value <= 0:
+            raise ValueError(f"temperature must be > 0, got {value}")
+        self.temperature.fill_(float(value))
+
+    # ---- forward --------------------------------------------------------------------------------------------
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Bucket logits `[..., N, 2**K]`: 1/2 sum_k s_k z_k, whose softmax is the product of bit sigmoids."""
+        z = ((x - self.in_mean) / self.in_std) @ self.planes - self.bias
+        z = z / self.temperature
+        z = z.unflatten(-1, (self.n_partitions, self.n_bits))
+        return 0.5 * z @ self.signs.to(z.dtype).t()
+
+    def assignments(self, x: torch.Tensor) -> torch.Tensor:
+        """Soft (or straight-through hard) bucket assignment of each token: `[..., N, 2**K]`, rows sum to 1."""
+        logits = self.logits(x)
+        if self.relaxation == "gumbel" and self.training:
+            return F.gumbel_softmax(logits, tau=1.0, hard=False, dim=-1)
+        soft = logits.softmax(-1)
+        if self.relaxation == "straight_through":
+            hard = F.one_hot(logits.argmax(-1), soft.shape[-1]).to(soft.dtype)
+            return hard + soft - soft.detach()
+        return soft
+
+    def histogram(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised soft counts `[B, N, 2**K]`: the masked sum of the tokens' bucket assignments."""
+        mask = check_tokens(x, mask, self.dim)
+        p = self.assignments(x)
+        return torch.einsum("blnw,bl->bnw", p, mask.to(p.dtype))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled sketch `[B, out_dim]`, L2-normalised. A row with no real token is the sketch of the empty set
+        (a zero histogram): zeros without projection, the normalised projection bias with one. Never NaN."""
+        sketch = F.normalize(self.histogram(x, mask), p=2, dim=-1).flatten(1)
+        if self.proj is not None:
+            sketch = self.proj(sketch)
+        return F.normalize(sketch, p=2, dim=-1)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, n_partitions={self.n_partitions}, n_bits={self.n_bits}, "
+                f"temperature={float(self.temperature):g}, relaxation={self.relaxation!r}, "
+                f"learn_planes={self.learn_planes}, out_dim={self.out_dim}")
+
+
+def default_temperature_schedule(start: float, end: float, steps: int, step: int) -> float:
+    """Geometric annealing from `start` to `end` over `steps` (for temperature-annealing experiments)."""
+    if steps <= 0 or step >= steps:
+        return end
+    return start * math.exp(math.log(end / start) * step / steps)

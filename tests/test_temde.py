@@ -1,0 +1,133 @@
+"""Trainable T-EMDE: hard limit equals DLSH, soft codes equal the product of bit sigmoids, set semantics."""
+import itertools
+
+import pytest
+import torch
+
+from temde import DLSH, TEMDE
+from temde.sketch import RELAXATIONS
+
+
+def tokens(b=4, l=7, d=12, seed=0):
+    return torch.randn(b, l, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_zero_temperature_gives_dlsh_codes_exactly():
+    x = torch.randn(400, 12, generator=torch.Generator().manual_seed(2))
+    dlsh = DLSH(6, 4, seed=3).fit(x)
+    module = TEMDE.from_dlsh(dlsh, temperature=1e-6)
+    assign = module.assignments(x)
+    assert torch.equal(assign.argmax(-1), dlsh.codes(x))
+    torch.testing.assert_close(assign.max(-1).values, torch.ones(400, 6))
+    # and the histogram is the hard EMDE sketch
+    from temde.emde import sketch
+    hist = module.histogram(x.unsqueeze(0))
+    torch.testing.assert_close(hist[0], sketch(dlsh.codes(x), 4), atol=1e-4, rtol=0)
+
+
+def test_soft_codes_are_products_of_bit_sigmoids():
+    module = TEMDE(5, n_partitions=2, n_bits=3, temperature=0.7)
+    x = torch.randn(9, 5)
+    p = module.assignments(x)  # [9, 2, 8]
+    z = (((x - module.in_mean) / module.in_std) @ module.planes - module.bias) / 0.7
+    z = z.reshape(9, 2, 3)
+    for code, bits in enumerate(itertools.product([0, 1], repeat=3)):  # most significant bit first
+        expected = torch.ones(9, 2)
+        for k, bit in enumerate(bits):
+            expected = expected * torch.sigmoid((2 * bit - 1) * z[..., k])
+        torch.testing.assert_close(p[..., code], expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(p.sum(-1), torch.ones(9, 2))
+
+
+def test_init_from_tokens_uses_only_real_tokens_and_splits_them_in_half():
+    x, mask = tokens(8, 10, 12), torch.rand(8, 10, generator=torch.Generator().manual_seed(1)) > 0.3
+    x = x.masked_fill(~mask.unsqueeze(-1), 1e3)  # padding with absurd values must not move the medians
+    module = TEMDE(12, n_partitions=4, n_bits=3).init_from_tokens(x, mask)
+    real = x[mask]
+    z = ((real - module.in_mean) / module.in_std) @ module.planes - module.bias
+    frac = (z > 0).float().mean(0)
+    assert torch.all((frac - 0.5).abs() <= 1 / real.shape[0] + 1e-6)
+
+
+def test_histogram_is_masked_sum_of_assignments_and_permutation_invariant():
+    module = TEMDE(12, n_partitions=3, n_bits=2, out_dim=6)
+    x, mask = tokens(), torch.tensor([[1, 1, 1, 1, 0, 0, 0]] * 4, dtype=torch.bool)
+    hist = module.histogram(x, mask)
+    torch.testing.assert_close(hist, module.assignments(x[:, :4]).sum(1))
+    perm = torch.randperm(7, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(module(x[:, perm], mask[:, perm]), module(x, mask))
+
+
+def test_padding_changes_nothing():
+    module = TEMDE(12, n_partitions=4, n_bits=3).eval()
+    x = tokens(2, 5, 12)
+    padded = torch.cat([x, torch.randn(2, 6, 12) * 100], 1)
+    mask = torch.zeros(2, 11, dtype=torch.bool)
+    mask[:, :5] = True
+    torch.testing.assert_close(module(padded, mask), module(x))
+
+
+def test_output_shape_normalisation_and_projection():
+    x = tokens()
+    plain = TEMDE(12, n_partitions=3, n_bits=4)
+    assert plain(x).shape == (4, 48) and plain.out_dim == 48
+    projected = TEMDE(12, n_partitions=3, n_bits=4, out_dim=10)
+    y = projected(x)
+    assert y.shape == (4, 10)
+    torch.testing.assert_close(y.norm(dim=-1), torch.ones(4))
+
+
+@pytest.mark.parametrize("relaxation", RELAXATIONS)
+@pytest.mark.parametrize("learn_planes", [True, False])
+def test_every_parameter_and_the_input_get_a_gradient(relaxation, learn_planes):
+    module = TEMDE(12, n_partitions=3, n_bits=3, relaxation=relaxation, learn_planes=learn_planes, out_dim=8)
+    module.train()
+    x = tokens().requires_grad_()
+    (module(x) * torch.randn(4, 8)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for name, param in module.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert ("planes" in dict(module.named_parameters())) == learn_planes
+
+
+def test_straight_through_forward_is_hard():
+    module = TEMDE(12, n_partitions=3, n_bits=3, relaxation="straight_through")
+    p = module.assignments(tokens())
+    hard = torch.nn.functional.one_hot(p.argmax(-1), 8).float()
+    torch.testing.assert_close(p, hard, atol=1e-6, rtol=0)  # one-hot up to float rounding of soft - soft
+
+
+def test_all_padded_rows_give_zeros_not_nan():
+    module = TEMDE(12, n_partitions=3, n_bits=3)
+    mask = torch.zeros(4, 7, dtype=torch.bool)
+    mask[0, :2] = True
+    x = tokens().requires_grad_()
+    y = module(x, mask)
+    assert not torch.isnan(y).any()
+    assert torch.all(y[1:] == 0)
+    y.sum().backward()
+    assert not torch.isnan(x.grad).any()
+
+
+def test_bad_shapes_and_types_name_the_argument():
+    module = TEMDE(12, n_partitions=2, n_bits=2)
+    with pytest.raises(ValueError, match="x must be"):
+        module(torch.randn(4, 12))
+    with pytest.raises(ValueError, match="12"):
+        module(torch.randn(2, 3, 11))
+    with pytest.raises(ValueError, match="mask"):
+        module(tokens(), torch.ones(4, 7))
+    with pytest.raises(ValueError, match="mask"):
+        module(tokens(), torch.ones(4, 6, dtype=torch.bool))
+    with pytest.raises(ValueError, match="relaxation"):
+        TEMDE(12, relaxation="bogus")
+    with pytest.raises(ValueError, match="temperature"):
+        TEMDE(12, temperature=0)
+
+
+def test_state_dict_round_trip_keeps_temperature_and_standardisation():
+    a = TEMDE(12, n_partitions=2, n_bits=3, temperature=0.3).init_from_tokens(tokens())
+    b = TEMDE(12, n_partitions=2, n_bits=3)
+    b.load_state_dict(a.state_dict())
+    x = tokens(seed=9)
+    torch.testing.assert_close(a(x), b(x))
