@@ -28,9 +28,11 @@ def test_zero_temperature_gives_dlsh_codes_exactly():
 def test_soft_codes_are_products_of_bit_sigmoids():
     module = TEMDE(5, n_partitions=2, n_bits=3, temperature=0.7)
     x = torch.randn(9, 5)
+    module.init_from_tokens(torch.randn(50, 5) * 3 + 1)  # non-trivial standardisation
     p = module.assignments(x)  # [9, 2, 8]
     z = (((x - module.in_mean) / module.in_std) @ module.planes - module.bias) / 0.7
     z = z.reshape(9, 2, 3)
+    torch.testing.assert_close(module.logits(x).softmax(-1), p, atol=1e-6, rtol=1e-5)  # = softmax of 1/2 sum s z
     for code, bits in enumerate(itertools.product([0, 1], repeat=3)):  # most significant bit first
         expected = torch.ones(9, 2)
         for k, bit in enumerate(bits):
