@@ -35,6 +35,20 @@ def register(sub) -> None:
     pool.add_argument("--repeats", type=int, default=5)
     pool.set_defaults(run=run_pool)
 
+    model = bench_sub.add_parser("model", help="full SAF/SGR with each pooling: encoding, score matrix, train step")
+    model.add_argument("--out", default="runs/bench/model.json")
+    model.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    model.add_argument("--threads", type=int, default=None)
+    model.add_argument("--heads", type=_names, default=["saf", "sgr"])
+    model.add_argument("--poolings", type=_names, default=["attention", "temde"])
+    model.add_argument("--images", type=int, default=None, help="gallery size (default: 1000 on CUDA, 100 on CPU)")
+    model.add_argument("--captions", type=int, default=None, help="captions (default: 5000 on CUDA, 500 on CPU)")
+    model.add_argument("--loop-captions", type=int, default=None,
+                       help="captions scored by the per-caption loop reference (default: 50 on CUDA, 20 on CPU)")
+    model.add_argument("--train-batch", type=int, default=128)
+    model.add_argument("--repeats", type=int, default=3)
+    model.set_defaults(run=run_model)
+
 
 def resolve_device(name: str | None):
     import torch
@@ -72,4 +86,30 @@ def run_pool(args) -> int:
         for key, value in ratios.items():
             print(f"  {dtype:8s} {key:45s} {value:7.3f}")
     print(f"wrote {args.out} and {png}")
+    return 0
+
+
+def run_model(args) -> int:
+    import torch
+
+    from temde.bench.model import ModelBenchSettings, default_sizes_for, format_table, run_model_bench
+    from temde.bench.pool import write_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    sizes = default_sizes_for(device)
+    for key, value in (("n_images", args.images), ("n_captions", args.captions), ("loop_captions", args.loop_captions)):
+        if value is not None:
+            sizes[key] = value
+    settings = ModelBenchSettings(heads=args.heads, poolings=args.poolings, train_batch=args.train_batch,
+                                  repeats=args.repeats, device=device, **sizes)
+    result = run_model_bench(settings)
+    write_json(result, args.out)
+    print()
+    print(format_table(result))
+    print("\nratios (same run):")
+    for key, value in result["summary"].items():
+        print(f"  {key:45s} {value:7.3f}")
+    print(f"wrote {args.out}")
     return 0
