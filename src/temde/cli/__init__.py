@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"temde {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `temde ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
     return int(result or 0)
 
 

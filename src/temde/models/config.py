@@ -1,0 +1,91 @@
+"""ModelConfig: every architectural choice of a retrieval model, as a plain dataclass that round-trips through a
+dict (checkpoints and presets carry it as JSON)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from temde.errors import TemdeError
+
+HEADS = ("saf", "sgr")
+
+
+class ConfigError(TemdeError, ValueError):
+    """A model configuration or preset is invalid (unknown key, bad value). Both a TemdeError (the CLI prints it
+    as one line) and a ValueError (library callers passing bad arguments)."""
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of an SGRAF-style retrieval model (defaults: SGRAF's published Flickr30K/COCO settings)."""
+
+    head: str = "sgr"  # "saf" (similarity attention filtration) or "sgr" (similarity graph reasoning)
+    pooling: str = "attention"  # global pooling kind, see temde.pooling.list_pools()
+    pool_options: dict[str, Any] = field(default_factory=dict)  # extra make_pool options for that kind
+    shared_pool: bool = False  # one pool module for both modalities (not possible for "attention": BN on images)
+    img_dim: int = 2048  # features per region of the precomputed image features
+    embed_size: int = 1024  # joint embedding size of the region and word vectors
+    sim_dim: int = 256  # size of each similarity vector (graph node)
+    word_dim: int = 300  # word embedding size
+    vocab_size: int | None = None  # set from the vocabulary when the model is built
+    gru_layers: int = 1
+    bidirectional: bool = True  # SGRAF: BiGRU, the two directions averaged
+    word_dropout: float = 0.4  # dropout on the word embeddings
+    lambda_softmax: float = 9.0  # temperature of SCAN's text-to-image attention softmax
+    sgr_steps: int = 3  # graph reasoning steps of the SGR head
+    img_norm: bool = True  # L2-normalise each region embedding (SGRAF's default; --no_imgnorm turns it off)
+    txt_norm: bool = True  # L2-normalise each word embedding
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        # Imported here: pooling pulls in torch, and a config should be inspectable without building anything.
+        from temde.pooling import list_pools
+
+        if self.head not in HEADS:
+            raise ConfigError(f"head must be one of {list(HEADS)}, got {self.head!r}")
+        if self.pooling not in list_pools():
+            raise ConfigError(f"pooling must be one of {list_pools()}, got {self.pooling!r}")
+        if not isinstance(self.pool_options, dict):
+            raise ConfigError(f"pool_options must be a dict, got {type(self.pool_options).__name__}")
+        if "batchnorm" in self.pool_options:
+            raise ConfigError("pool_options must not set 'batchnorm': images get it, captions do not (as in SGRAF)")
+        if self.shared_pool and self.pooling == "attention":
+            raise ConfigError("shared_pool is not possible with pooling 'attention' (its image pool has BatchNorm)")
+        for name in ("img_dim", "embed_size", "sim_dim", "word_dim", "gru_layers", "sgr_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size < 1):
+            raise ConfigError(f"vocab_size must be a positive integer or None, got {self.vocab_size!r}")
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ConfigError(f"word_dropout must be in [0, 1), got {self.word_dropout!r}")
+        if self.lambda_softmax <= 0:
+            raise ConfigError(f"lambda_softmax must be > 0, got {self.lambda_softmax!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        """Inverse of `to_dict`; an unknown key is a ConfigError naming it (a typo must not be silently ignored)."""
+        known = set(cls.field_names())
+        for key in values:
+            if key not in known:
+                raise ConfigError(f"unknown model config key {key!r} (known: {', '.join(sorted(known))})")
+        values = dict(values)
+        if "pool_options" in values:
+            values["pool_options"] = dict(values["pool_options"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with some fields changed (validated like from_dict)."""
+        values = self.to_dict()
+        values.update(changes)
+        return ModelConfig.from_dict(values)
