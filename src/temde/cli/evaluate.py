@@ -1,0 +1,82 @@
+"""`temde eval`: R@K and rsum of one checkpoint, or of an ensemble (score matrices averaged, as SGRAF = SAF + SGR)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", aliases=["evaluate"], help="evaluate checkpoints on a precomp split",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", action="append", required=True, metavar="PT",
+                   help="a best.pt/last.pt; repeat it to average the score matrices of several models")
+    p.add_argument("--data", required=True, help="precomp folder")
+    p.add_argument("--split", default="test", help="split name (default test; COCO 1K/5K: testall)")
+    folds = p.add_mutually_exclusive_group()
+    folds.add_argument("--fold5", action="store_true", help="mean over 5 folds of the images (COCO 1K)")
+    folds.add_argument("--folds", type=int, help="mean over this many folds")
+    p.add_argument("--json", metavar="OUT", help="also write the metrics as JSON")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--batch-size", type=int, default=128, help="encoding batch size")
+    p.add_argument("--image-block", type=int, default=64, help="images per scoring block")
+    p.add_argument("--caption-block", type=int, default=128, help="captions per scoring block")
+    p.set_defaults(run=run)
+
+
+def ensemble_scores(checkpoints: list[str], split, device, batch_size: int = 128, image_block: int = 64,
+                    caption_block: int = 128):
+    """Mean score matrix `[n_images, n_captions]` of the checkpoints on a PrecompSplit."""
+    from temde.errors import DataError
+    from temde.scoring import encode_split, score_matrix
+    from temde.training.checkpoint import load_checkpoint, restore_model, restore_vocab
+
+    total = None
+    for path in checkpoints:
+        checkpoint = load_checkpoint(path)
+        img_dim = checkpoint["config"].get("img_dim")
+        if img_dim != split.images.shape[2]:
+            raise DataError(f"{split.image_path or split.name}: features have {split.images.shape[2]} dims but "
+                            f"{path} was trained on {img_dim}")
+        model = restore_model(checkpoint, device)
+        img, cap = encode_split(model, split, restore_vocab(checkpoint), batch_size, device)
+        sims = score_matrix(model, img, cap, image_block, caption_block, device)
+        total = sims.astype("float64") if total is None else total + sims
+        del model
+    return total / len(checkpoints)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from temde.data import load_split
+    from temde.data.vocab import atomic_write
+    from temde.errors import TemdeError
+    from temde.evaluation import chance_rsum, evaluate, evaluate_folds, format_metrics
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    split = load_split(args.data, args.split)
+    sims = ensemble_scores(args.checkpoint, split, device, args.batch_size, args.image_block, args.caption_block)
+    k = split.captions_per_image
+    folds = 5 if args.fold5 else args.folds
+    try:
+        if folds:
+            result = evaluate_folds(sims, k, folds)
+            per_fold = result.pop("folds")
+        else:
+            result, per_fold = evaluate(sims, k), None
+    except ValueError as exc:  # e.g. images that do not split into equal folds
+        raise TemdeError(str(exc)) from None
+    n_eval = split.n_images // folds if folds else split.n_images
+    label = f"{split.name}: {split.n_images} images x {k} captions" + (f", mean of {folds} folds" if folds else "")
+    print(f"{label} ({len(args.checkpoint)} checkpoint{'s' if len(args.checkpoint) > 1 else ''})")
+    print(format_metrics(result))
+    if per_fold:
+        print("rsum per fold: " + ", ".join(f"{m['rsum']:.1f}" for m in per_fold))
+    print(f"chance rsum: {chance_rsum(n_eval, k):.1f}")
+    if args.json:
+        report = {"checkpoints": args.checkpoint, "data": str(args.data), "split": split.name,
+                  "n_images": split.n_images, "captions_per_image": k, "folds": folds, "metrics": result,
+                  "per_fold": per_fold, "chance_rsum": chance_rsum(n_eval, k)}
+        with atomic_write(args.json) as handle:
+            json.dump(report, handle, indent=2)
+    return 0

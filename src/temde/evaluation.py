@@ -1,0 +1,165 @@
+"""Retrieval metrics on a score matrix: R@1/5/10, median and mean rank in both directions, rsum.
+
+`sims[i, j]` is the score of image `i` against caption `j`; caption `j` belongs to image `j // k`
+(k captions per image, consecutive, as in the SCAN precomp layout).
+
+Ranks are 1-based. Ties are counted optimistically: the rank of a true item is 1 + the number of
+items with a *strictly greater* score, so a true item tied with a negative keeps the better rank.
+Image->text uses the best rank among the image's k true captions; text->image the rank of the one
+true image. The median rank follows the VSE++ family: floor(median of 0-based ranks) + 1.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+RECALL_KS = (1, 5, 10)
+METRIC_KEYS = tuple(
+    f"{direction}_{name}"
+    for direction in ("i2t", "t2i")
+    for name in ("r1", "r5", "r10", "medr", "meanr")
+) + ("rsum",)
+
+# Bound the temporary boolean matrices of the rank computation to about this many cells.
+_CHUNK_CELLS = 1 << 24
+
+
+def _as_matrix(sims: Any) -> np.ndarray:
+    if hasattr(sims, "detach"):  # a torch tensor, on any device
+        sims = sims.detach().float().cpu().numpy()
+    sims = np.asarray(sims)
+    if sims.ndim != 2:
+        raise ValueError(f"sims: expected a 2-D matrix [n_images, n_captions], got shape {sims.shape}")
+    if not np.issubdtype(sims.dtype, np.floating) and not np.issubdtype(sims.dtype, np.integer):
+        raise ValueError(f"sims: expected a numeric matrix, got dtype {sims.dtype}")
+    return sims
+
+
+def _check_layout(sims: np.ndarray, captions_per_image: int) -> None:
+    if not isinstance(captions_per_image, (int, np.integer)) or captions_per_image < 1:
+        raise ValueError(f"captions_per_image: expected a positive integer, got {captions_per_image!r}")
+    n_images, n_captions = sims.shape
+    if n_images == 0:
+        raise ValueError("sims: the matrix has no images (0 rows)")
+    if n_captions != n_images * captions_per_image:
+        raise ValueError(
+            f"sims: shape {sims.shape} does not match captions_per_image={captions_per_image} "
+            f"(expected {n_images * captions_per_image} columns)"
+        )
+
+
+def _finite_block(block: np.ndarray) -> np.ndarray:
+    block = np.asarray(block)  # comparisons are exact in the input dtype: no up-cast needed
+    if np.isnan(block).any():  # NaN compares false both ways and would silently count as rank 1
+        raise ValueError("sims: the matrix contains NaN scores")
+    return block
+
+
+def image_to_text_ranks(sims: Any, captions_per_image: int = 5) -> np.ndarray:
+    """0-based rank of each image's best true caption (optimistic ties), shape [n_images]."""
+    sims = _as_matrix(sims)
+    _check_layout(sims, captions_per_image)
+    n_images, n_captions = sims.shape
+    k = captions_per_image
+    ranks = np.empty(n_images, dtype=np.int64)
+    rows_per_chunk = max(1, _CHUNK_CELLS // n_captions)
+    for start in range(0, n_images, rows_per_chunk):
+        block = _finite_block(sims[start:start + rows_per_chunk])
+        rows = np.arange(block.shape[0])
+        own = block.reshape(block.shape[0], -1, k)[rows, start + rows]  # [rows, k] scores of the true captions
+        best = own.max(axis=1)
+        # The best true caption's rank = number of captions scored strictly above it (true ones never are).
+        ranks[start:start + len(rows)] = (block > best[:, None]).sum(axis=1)
+    return ranks
+
+
+def text_to_image_ranks(sims: Any, captions_per_image: int = 5) -> np.ndarray:
+    """0-based rank of each caption's true image (optimistic ties), shape [n_captions]."""
+    sims = _as_matrix(sims)
+    _check_layout(sims, captions_per_image)
+    n_images, n_captions = sims.shape
+    ranks = np.empty(n_captions, dtype=np.int64)
+    cols_per_chunk = max(1, _CHUNK_CELLS // n_images)
+    for start in range(0, n_captions, cols_per_chunk):
+        block = _finite_block(sims[:, start:start + cols_per_chunk])
+        cols = np.arange(block.shape[1])
+        true_score = block[(start + cols) // captions_per_image, cols]
+        ranks[start:start + len(cols)] = (block > true_score[None, :]).sum(axis=0)
+    return ranks
+
+
+def _summarise(ranks: np.ndarray, prefix: str) -> dict[str, float]:
+    out = {f"{prefix}_r{k}": 100.0 * float(np.mean(ranks < k)) for k in RECALL_KS}
+    out[f"{prefix}_medr"] = float(math.floor(np.median(ranks)) + 1)
+    out[f"{prefix}_meanr"] = float(ranks.mean() + 1)
+    return out
+
+
+def evaluate(sims: Any, captions_per_image: int = 5) -> dict[str, float]:
+    """All metrics of one score matrix; recalls in percent, rsum = sum of the six recalls."""
+    metrics = _summarise(image_to_text_ranks(sims, captions_per_image), "i2t")
+    metrics.update(_summarise(text_to_image_ranks(sims, captions_per_image), "t2i"))
+    metrics["rsum"] = sum(metrics[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in RECALL_KS)
+    return {key: metrics[key] for key in METRIC_KEYS}
+
+
+def evaluate_folds(sims: Any, captions_per_image: int = 5, folds: int = 5) -> dict[str, Any]:
+    """COCO-1K style: split the images into `folds` equal consecutive blocks, evaluate each diagonal
+    block alone, and average every metric (rsum included) over the folds.
+
+    Returns the mean metrics plus "folds": the list of per-fold metric dicts.
+    """
+    sims = _as_matrix(sims)
+    _check_layout(sims, captions_per_image)
+    if not isinstance(folds, (int, np.integer)) or folds < 1:
+        raise ValueError(f"folds: expected a positive integer, got {folds!r}")
+    n_images = sims.shape[0]
+    if n_images % folds:
+        raise ValueError(f"folds: {n_images} images do not split into {folds} equal folds")
+    size = n_images // folds
+    k = captions_per_image
+    per_fold = [
+        evaluate(sims[f * size:(f + 1) * size, f * size * k:(f + 1) * size * k], k) for f in range(folds)
+    ]
+    # Averaging rsum per fold equals summing the averaged recalls; the VSE++ family instead printed
+    # 6 x the mean image->text recall, which is not rsum.
+    result: dict[str, Any] = {key: float(np.mean([m[key] for m in per_fold])) for key in METRIC_KEYS}
+    result["folds"] = per_fold
+    return result
+
+
+def _chance_best_of_k(n_items: int, n_true: int, cutoff: int) -> float:
+    """P(at least one of n_true items lands in the top `cutoff` of a random order of n_items)."""
+    if cutoff >= n_items - n_true + 1:
+        return 1.0
+    miss = 1.0  # all `cutoff` top slots go to negatives: hypergeometric, as a running product
+    for i in range(cutoff):
+        miss *= (n_items - n_true - i) / (n_items - i)
+    return 1.0 - miss
+
+
+def chance_rsum(n_images: int, captions_per_image: int = 5) -> float:
+    """Expected rsum (percent) when every score is drawn i.i.d. from a continuous distribution."""
+    if n_images < 1:
+        raise ValueError(f"n_images: expected a positive integer, got {n_images!r}")
+    if captions_per_image < 1:
+        raise ValueError(f"captions_per_image: expected a positive integer, got {captions_per_image!r}")
+    n_captions = n_images * captions_per_image
+    i2t = sum(_chance_best_of_k(n_captions, captions_per_image, k) for k in RECALL_KS)
+    t2i = sum(_chance_best_of_k(n_images, 1, k) for k in RECALL_KS)
+    return 100.0 * (i2t + t2i)
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """Two human-readable lines: image->text, text->image, and rsum."""
+    lines = []
+    for direction, label in (("i2t", "image->text"), ("t2i", "text->image")):
+        r = [metrics[f"{direction}_r{k}"] for k in RECALL_KS]
+        lines.append(
+            f"{label}: R@1 {r[0]:.1f}  R@5 {r[1]:.1f}  R@10 {r[2]:.1f}  "
+            f"medr {metrics[f'{direction}_medr']:.1f}  meanr {metrics[f'{direction}_meanr']:.1f}"
+        )
+    lines.append(f"rsum: {metrics['rsum']:.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,414 @@
+"""The training loop: VSE++ hinge loss, Adam, step decay, gradient clipping, per-epoch dev rsum, resumable runs.
+
+A run folder holds `last.pt` (written every epoch), `best.pt` (best dev rsum so far), `steps.csv`,
+`epochs.csv`, `config.json` and optionally `tensorboard/`. `train(TrainSettings(..., resume=True))` continues
+a killed run from `last.pt` and ends with the same weights and metrics as an uninterrupted run: every random
+generator is restored, and each epoch's data order comes from (seed, epoch) alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from temde.errors import CheckpointError, DataError, TemdeError
+from temde.evaluation import evaluate
+from temde.training.checkpoint import load_checkpoint, restore_vocab, rng_state, save_checkpoint, set_rng_state
+from temde.training.logging import RunLogger
+from temde.training.loss import triplet_loss
+
+# SGRAF's published training settings; a preset's "train" part and explicit settings override them.
+DEFAULT_TRAIN = {
+    "epochs": 30, "lr_update": 20, "learning_rate": 2e-4, "batch_size": 128, "grad_clip": 2.0,
+    "margin": 0.2, "max_violation": True, "lr_decay": 0.1,
+}
+# Plain head names without a preset: SGRAF's Flickr30K schedules (SAF 30 epochs / decay at 20, SGR 40 / 30).
+HEAD_SCHEDULES = {"saf": {"epochs": 30, "lr_update": 20}, "sgr": {"epochs": 40, "lr_update": 30}}
+
+
+@dataclass
+class TrainSettings:
+    """Everything a run depends on. `None` means: the preset's value, else SGRAF's default (DEFAULT_TRAIN)."""
+
+    data: str  # precomp folder with train_* and dev_* files (vocab.json optional)
+    out: str  # run folder
+    model: str = "saf-small"  # a preset name (temde.models.list_models()) or a plain head "saf" / "sgr"
+    pooling: str | None = None  # override the preset's global pooling: attention | temde | mha | mean
+    pool_options: dict[str, Any] | None = None
+    embed_size: int | None = None
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # any other ModelConfig field
+    epochs: int | None = None
+    lr: float | None = None
+    lr_update: int | None = None  # epochs between lr decays
+    lr_decay: float | None = None
+    batch_size: int | None = None
+    margin: float | None = None
+    max_violation: bool | None = None
+    grad_clip: float | None = None  # <= 0 disables clipping
+    mask_same_image: bool = True  # two captions of one image in a batch are not negatives of each other
+    seed: int = 0
+    workers: int = 0
+    device: str = "cpu"
+    resume: bool = False
+    amp: bool = False  # mixed precision; only takes effect on CUDA
+    amp_dtype: str = "bfloat16"  # or "float16" (with loss scaling); bfloat16 falls back to float16 where unsupported
+    log_every: int = 50  # steps between rows of steps.csv
+    tensorboard: bool = False
+    progress: bool = True  # tqdm bar
+    max_steps_per_epoch: int | None = None  # cap on optimizer steps per epoch (quick runs, tests)
+    train_subset: int | None = None  # use only the first N train images (and their captions)
+    dev_subset: int | None = None  # evaluate on the first N dev images only
+    dev_split: str = "dev"
+    eval_batch_size: int = 128
+    image_block: int = 64  # score_matrix block sizes for the dev evaluation
+    caption_block: int = 128
+    init_pools: bool = True  # data-driven init of pools that offer it (T-EMDE median biases)
+    temperature_anneal: tuple[float, float] | None = None  # T-EMDE temperature, geometric from start to end
+    on_epoch_start: Callable[[nn.Module, int], None] | None = field(default=None, repr=False)  # custom hook
+    word_vectors: str | None = None  # a GloVe-format text file ("word v1 v2 ..."); initialises the embedding
+    validate_data: bool = True  # read the features once to check they are finite
+
+    def validate(self) -> None:
+        """ValueError naming the first setting that cannot work (presets are checked when resolved)."""
+        positive_ints = ("epochs", "lr_update", "batch_size", "log_every", "max_steps_per_epoch", "train_subset",
+                         "dev_subset", "eval_batch_size", "image_block", "caption_block")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        for name in ("lr", "lr_decay"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}: expected a positive number, got {value!r}")
+        if self.margin is not None and not self.margin >= 0:
+            raise ValueError(f"margin: expected a number >= 0, got {self.margin!r}")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"workers: expected an integer >= 0, got {self.workers!r}")
+        if self.amp_dtype not in ("bfloat16", "float16"):
+            raise ValueError(f"amp_dtype: expected 'bfloat16' or 'float16', got {self.amp_dtype!r}")
+        if self.temperature_anneal is not None and (len(self.temperature_anneal) != 2
+                                                    or min(self.temperature_anneal) <= 0):
+            raise ValueError(f"temperature_anneal: expected two positive numbers, got {self.temperature_anneal!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "on_epoch_start"}
+        if values["temperature_anneal"] is not None:
+            values["temperature_anneal"] = list(values["temperature_anneal"])
+        return values
+
+
+# ---- setup -------------------------------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def derived_seed(seed: int, *keys: int) -> int:
+    """An independent 31-bit seed for (seed, keys...), e.g. the data order of one epoch."""
+    return int(np.random.SeedSequence([seed % 2**32, *keys]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def resolve_model(settings: TrainSettings, img_dim: int, vocab_size: int):
+    """(ModelConfig, training hyper-parameters) for the settings; the data fixes img_dim and vocab_size."""
+    from temde.models import ModelConfig, list_models, load_preset
+
+    overrides = dict(settings.model_overrides)
+    for name in ("pooling", "pool_options", "embed_size"):
+        if getattr(settings, name) is not None:
+            overrides[name] = getattr(settings, name)
+    if "pooling" in overrides and "pool_options" not in overrides:
+        overrides["pool_options"] = {}  # a preset's pool options belong to its own pooling
+    overrides.update(img_dim=img_dim, vocab_size=vocab_size)
+    hyper = dict(DEFAULT_TRAIN)
+    if settings.model in list_models():
+        preset = load_preset(settings.model)
+        values = {**preset["model"], **overrides}
+        hyper.update(preset["train"])
+    elif settings.model in HEAD_SCHEDULES:
+        values = {"head": settings.model, **overrides}
+        hyper.update(HEAD_SCHEDULES[settings.model])
+    else:
+        raise TemdeError(f"unknown model {settings.model!r} "
+                         f"(a head: saf, sgr; or a preset: {', '.join(list_models())})")
+    explicit = {"epochs": settings.epochs, "learning_rate": settings.lr, "lr_update": settings.lr_update,
+                "lr_decay": settings.lr_decay, "batch_size": settings.batch_size, "margin": settings.margin,
+                "max_violation": settings.max_violation, "grad_clip": settings.grad_clip}
+    hyper.update({key: value for key, value in explicit.items() if value is not None})
+    for key in ("epochs", "batch_size", "lr_update"):  # explicit values are validated; this catches a preset's
+        if not isinstance(hyper[key], int) or hyper[key] < 1:
+            raise TemdeError(f"preset {settings.model!r}: train {key} must be a positive integer, got {hyper[key]!r}")
+    return ModelConfig.from_dict(values), hyper
+
+
+def load_word_vectors(path: str, vocab, word_dim: int) -> torch.Tensor:
+    """Embedding init `[len(vocab), word_dim]` from a GloVe-format text file; words it lacks keep a
+    uniform(-0.1, 0.1) init (SGRAF's), drawn from the torch RNG so runs stay reproducible."""
+    table = torch.empty(len(vocab), word_dim).uniform_(-0.1, 0.1)
+    found = 0
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                word, _, rest = line.rstrip("\n").partition(" ")
+                index = vocab.word2idx.get(word)
+                if index is None:
+                    continue
+                values = rest.split()
+                if len(values) != word_dim:
+                    raise DataError(f"{path}: line {number} has {len(values)} values, "
+                                    f"the model's word_dim is {word_dim}")
+                table[index] = torch.tensor([float(v) for v in values])
+                found += 1
+    except FileNotFoundError:
+        raise DataError(f"{path}: word vector file not found") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: not a GloVe-format text file ({exc})") from None
+    if found == 0:
+        raise DataError(f"{path}: none of the {len(vocab)} vocabulary words has a vector there")
+    return table
+
+
+def _subset(split, n_images: int | None):
+    if n_images is None or n_images >= split.n_images:
+        return split
+    if n_images < 1:
+        raise ValueError(f"subset: expected a positive number of images, got {n_images}")
+    k = split.captions_per_image
+    return dataclasses.replace(split, images=split.images[:n_images], captions=split.captions[:n_images * k])
+
+
+def _init_pools(model: nn.Module, split, vocab, batch_size: int, seed: int, device: torch.device) -> list[str]:
+    """One batch of real data through the local encoders; pools offering `init_from_tokens` fit their
+    hyperplane biases to its tokens (T-EMDE's DLSH medians)."""
+    from temde.data import make_loader
+
+    if not hasattr(model, "init_pools"):
+        return []
+    batch = next(iter(make_loader(split, vocab, batch_size, shuffle=True, seed=derived_seed(seed, 1 << 20))))
+    batch = batch.to(device)
+    keep = torch.as_tensor(np.unique(batch.image_ids.cpu().numpy(), return_index=True)[1], device=device)
+    was_training = model.training
+    model.eval()  # no dropout on the sample
+    with torch.no_grad():
+        img = model.encode_images(batch.images[keep], batch.image_mask[keep])
+        cap = model.encode_captions(batch.tokens, batch.lengths)
+        done = model.init_pools(img, cap)
+    model.train(was_training)
+    return done
+
+
+def _set_temperature(model: nn.Module, value: float) -> None:
+    for module in model.modules():
+        if hasattr(module, "set_temperature"):
+            module.set_temperature(value)
+
+
+def _anneal(settings: TrainSettings, epochs: int, epoch: int) -> float | None:
+    if settings.temperature_anneal is None:
+        return None
+    from temde.sketch.temde import default_temperature_schedule
+
+    start, end = settings.temperature_anneal
+    return default_temperature_schedule(start, end, epochs - 1, epoch)
+
+
+def dev_metrics(model: nn.Module, split, vocab, device: torch.device, settings: TrainSettings) -> dict[str, float]:
+    from temde.scoring import encode_split, score_matrix
+
+    img, cap = encode_split(model, split, vocab, settings.eval_batch_size, device)
+    sims = score_matrix(model, img, cap, settings.image_block, settings.caption_block, device)
+    return evaluate(sims, split.captions_per_image)
+
+
+# ---- the loop ------------------------------------------------------------------------------------------------
+
+class _Stepper:
+    """One optimisation step on a batch: forward (autocast on CUDA), VSE++ loss, scaled backward, clip, Adam."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 parameters: list[nn.Parameter], hyper: dict[str, Any], use_amp: bool, amp_dtype: torch.dtype,
+                 mask_same_image: bool) -> None:
+        self.model, self.optimizer, self.scaler, self.parameters = model, optimizer, scaler, parameters
+        self.hyper, self.use_amp, self.amp_dtype, self.mask_same_image = hyper, use_amp, amp_dtype, mask_same_image
+
+    def __call__(self, batch) -> torch.Tensor:
+        with torch.autocast(batch.images.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            scores = self.model(batch.images, batch.image_mask, batch.tokens, batch.lengths)
+        # The loss in float32: the hinge compares scores that differ by less than bfloat16 resolves.
+        loss = triplet_loss(scores.float(), self.hyper["margin"], self.hyper["max_violation"],
+                            batch.image_ids if self.mask_same_image else None)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.hyper["grad_clip"] and self.hyper["grad_clip"] > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(self.parameters, self.hyper["grad_clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+
+def train(settings: TrainSettings) -> dict[str, Any]:
+    """Train one model; returns best_rsum, best_epoch, history (one dict per epoch), train_seconds, paths."""
+    from tqdm.auto import tqdm
+
+    from temde.data import Vocabulary, load_split, load_vocab, make_loader
+    from temde.models import RetrievalModel
+
+    settings.validate()
+    device = torch.device(settings.device)
+    run_dir = Path(settings.out)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    checkpoint = None
+    if settings.resume and last_path.is_file():
+        checkpoint = load_checkpoint(last_path)
+    elif not settings.resume and last_path.exists():
+        raise TemdeError(f"{last_path} exists: pass resume to continue that run, or choose another output folder")
+
+    full_train = load_split(settings.data, "train", validate=settings.validate_data)
+    train_split = _subset(full_train, settings.train_subset)
+    dev_split = _subset(load_split(settings.data, settings.dev_split, validate=settings.validate_data),
+                        settings.dev_subset)
+    if checkpoint is not None:
+        vocab = restore_vocab(checkpoint)
+    elif (Path(settings.data) / "vocab.json").is_file():
+        vocab = load_vocab(settings.data)
+    else:  # built from the train captions only; the checkpoints carry it
+        vocab = Vocabulary.build(full_train.captions)
+
+    img_dim = train_split.images.shape[2]
+    if dev_split.images.shape[2] != img_dim:
+        raise DataError(f"{dev_split.image_path}: features have {dev_split.images.shape[2]} dims, train has {img_dim}")
+    config, hyper = resolve_model(settings, img_dim, len(vocab))
+    if checkpoint is not None and checkpoint["config"] != config.to_dict():
+        differ = sorted(k for k in config.to_dict() if checkpoint["config"].get(k) != config.to_dict()[k])
+        raise CheckpointError(f"{last_path}: was trained with another model config (differs in {', '.join(differ)})")
+
+    seed_everything(settings.seed)
+    word_vectors = (load_word_vectors(settings.word_vectors, vocab, config.word_dim)
+                    if settings.word_vectors and checkpoint is None else None)
+    model = RetrievalModel(config, word_vectors=word_vectors).to(device)
+    pools_initialised = None
+    if checkpoint is None and settings.init_pools:  # before the optimizer sees the parameters
+        pools_initialised = _init_pools(model, train_split, vocab, hyper["batch_size"], settings.seed, device)
+    use_amp = settings.amp and device.type == "cuda"
+    bf16 = settings.amp_dtype == "bfloat16" and (not use_amp or torch.cuda.is_bf16_supported())
+    amp_dtype = torch.bfloat16 if bf16 else torch.float16
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=hyper["learning_rate"])
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=hyper["lr_update"], gamma=hyper["lr_decay"])
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    step = _Stepper(model, optimizer, scaler, parameters, hyper, use_amp, amp_dtype,
+                    settings.mask_same_image)
+    epochs = hyper["epochs"]
+    state = {"epoch": 0, "step": 0, "best_rsum": -math.inf, "best_epoch": 0, "history": [], "train_seconds": 0.0}
+    logger = RunLogger(run_dir, tensorboard=settings.tensorboard)
+    if checkpoint is None:
+        logger.truncate(0)
+    else:
+        model.load_state_dict(checkpoint["model"])
+        extra = checkpoint["extra"]
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        if extra.get("scaler"):
+            scaler.load_state_dict(extra["scaler"])
+        for key in ("epoch", "step", "best_rsum", "best_epoch", "history", "train_seconds"):
+            state[key] = extra[key]
+        set_rng_state(extra["rng"])
+        logger.truncate(state["epoch"])  # rows after the checkpoint are redone
+    _write_run_config(run_dir, settings, config, hyper)
+
+    def checkpoint_extra(full: bool) -> dict[str, Any]:
+        extra = {key: state[key] for key in ("epoch", "step", "best_rsum", "best_epoch", "train_seconds")}
+        extra.update(settings=settings.to_dict(), hyper=hyper, dev_metrics=state["history"][-1])
+        if full:  # what a resume needs; best.pt is for evaluation and stays small
+            extra.update(history=state["history"], optimizer=optimizer.state_dict(),
+                         scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_state())
+        return extra
+
+    try:
+        for epoch in range(state["epoch"], epochs):
+            temperature = _anneal(settings, epochs, epoch)
+            if temperature is not None:
+                _set_temperature(model, temperature)
+            if settings.on_epoch_start is not None:
+                settings.on_epoch_start(model, epoch)
+            loader = make_loader(train_split, vocab, hyper["batch_size"], shuffle=True,
+                                 seed=derived_seed(settings.seed, epoch), num_workers=settings.workers,
+                                 pin_memory=device.type == "cuda")
+            steps = min(len(loader), settings.max_steps_per_epoch or len(loader))
+            lr = optimizer.param_groups[0]["lr"]
+            model.train()
+            started = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            window_sum, window_steps = torch.zeros((), device=device), 0
+            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not settings.progress, leave=False)
+            for index, batch in zip(range(steps), loader):
+                loss = step(batch.to(device, non_blocking=True))
+                state["step"] += 1
+                loss_sum += loss
+                window_sum += loss
+                window_steps += 1
+                bar.update(1)
+                if window_steps == settings.log_every or index == steps - 1:
+                    mean_loss = float(window_sum) / window_steps  # the only host sync of the loop
+                    if not math.isfinite(mean_loss):
+                        raise TemdeError(f"training diverged at step {state['step']} (loss {mean_loss})")
+                    logger.log_step(state["step"], {"epoch": epoch + 1, "loss": mean_loss, "lr": lr})
+                    bar.set_postfix(loss=f"{mean_loss:.3f}")
+                    window_sum.zero_()
+                    window_steps = 0
+            bar.close()
+            del loader  # its worker processes end here
+            scheduler.step()
+            train_seconds = time.perf_counter() - started
+            state["train_seconds"] += train_seconds
+
+            eval_started = time.perf_counter()
+            metrics = dev_metrics(model, dev_split, vocab, device, settings)
+            record = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(steps, 1), "lr": lr,
+                      **({"temperature": temperature} if temperature is not None else {}),
+                      **metrics, "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - eval_started}
+            state["history"].append(record)
+            state["epoch"] = epoch + 1
+            improved = metrics["rsum"] > state["best_rsum"]
+            if improved:
+                state["best_rsum"], state["best_epoch"] = metrics["rsum"], epoch + 1
+                # best.pt before last.pt: a kill between the two never leaves last.pt claiming a best.pt that
+                # does not exist yet.
+                save_checkpoint(best_path, model.state_dict(), config.to_dict(), vocab.to_json(),
+                                checkpoint_extra(False))
+            # Logged before last.pt is written: a kill in between redoes this epoch and its rows are replaced.
+            logger.log_epoch(epoch + 1, {key: value for key, value in record.items() if key != "epoch"})
+            save_checkpoint(last_path, model.state_dict(), config.to_dict(), vocab.to_json(), checkpoint_extra(True))
+            if settings.progress:
+                tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.4f}  dev rsum "
+                           f"{metrics['rsum']:.1f}  (best {state['best_rsum']:.1f} at epoch {state['best_epoch']})")
+    finally:
+        logger.close()
+
+    return {
+        "run_dir": str(run_dir), "best_rsum": state["best_rsum"], "best_epoch": state["best_epoch"],
+        "history": state["history"], "train_seconds": state["train_seconds"], "epochs": state["epoch"],
+        "steps": state["step"], "best_checkpoint": str(best_path), "last_checkpoint": str(last_path),
+        "pools_initialised": pools_initialised,
+    }
+
+
+def _write_run_config(run_dir: Path, settings: TrainSettings, config, hyper: dict[str, Any]) -> None:
+    """config.json: what this run is, for people and scripts (checkpoints carry the same)."""
+    from temde.data.vocab import atomic_write
+
+    with atomic_write(run_dir / "config.json") as handle:
+        json.dump({"model": config.to_dict(), "train": hyper, "settings": settings.to_dict()}, handle, indent=2,
+                  default=str)
