@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     p.add_argument("--amp-dtype", choices=["bfloat16", "float16"], default="bfloat16")
-    p.add_argument("--word-vectors", metavar="FILE", help="GloVe-format text file to initialise word embeddings")
+    p.add_argument("--word-vectors", metavar="glove|FILE",
+                   help="initialise word embeddings: \"glove\" (packaged GloVe 6B 50d, sets word_dim=50) or a GloVe-format text file")
     p.add_argument("--temperature-anneal", type=float, nargs=2, metavar=("START", "END"),
                    help="anneal T-EMDE temperatures geometrically over the epochs")
     p.add_argument("--log-every", type=int, default=50)
@@ -62,9 +63,6 @@ def run(args: argparse.Namespace) -> int:
 
     from temde.training.loop import TrainSettings, train
 
-    if args.word_vectors == "glove":
-        raise TemdeError("--word-vectors glove: the packaged GloVe table needs a parquet reader that is not "
-                         "installed; pass a GloVe-format text file instead")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     settings = TrainSettings(
         data=args.data, out=args.out, model=args.model, pooling=args.pooling,

@@ -74,7 +74,7 @@ class TrainSettings:
     init_pools: bool = True  # data-driven init of pools that offer it (T-EMDE median biases)
     temperature_anneal: tuple[float, float] | None = None  # T-EMDE temperature, geometric from start to end
     on_epoch_start: Callable[[nn.Module, int], None] | None = field(default=None, repr=False)  # custom hook
-    word_vectors: str | None = None  # a GloVe-format text file ("word v1 v2 ..."); initialises the embedding
+    word_vectors: str | None = None  # "glove" (the packaged GloVe 6B 50d) or a GloVe-format text file
     validate_data: bool = True  # read the features once to check they are finite
 
     def validate(self) -> None:
@@ -130,6 +130,10 @@ def resolve_model(settings: TrainSettings, img_dim: int, vocab_size: int):
     if "pooling" in overrides and "pool_options" not in overrides:
         overrides["pool_options"] = {}  # a preset's pool options belong to its own pooling
     overrides.update(img_dim=img_dim, vocab_size=vocab_size)
+    if settings.word_vectors == "glove":
+        from temde.data.word_vectors import GLOVE_DIM
+
+        overrides.setdefault("word_dim", GLOVE_DIM)  # the packaged vectors fix the word embedding size
     hyper = dict(DEFAULT_TRAIN)
     if settings.model in list_models():
         preset = load_preset(settings.model)
@@ -152,8 +156,15 @@ def resolve_model(settings: TrainSettings, img_dim: int, vocab_size: int):
 
 
 def load_word_vectors(path: str, vocab, word_dim: int) -> torch.Tensor:
-    """Embedding init `[len(vocab), word_dim]` from a GloVe-format text file; words it lacks keep a
-    uniform(-0.1, 0.1) init (SGRAF's), drawn from the torch RNG so runs stay reproducible."""
+    """Embedding init `[len(vocab), word_dim]` from the packaged GloVe ("glove") or a GloVe-format text file;
+    words it lacks keep a uniform(-0.1, 0.1) init (SGRAF's), drawn from the torch RNG so runs stay reproducible."""
+    if path == "glove":
+        from temde.data.word_vectors import GLOVE_DIM, glove_matrix
+
+        if word_dim != GLOVE_DIM:
+            raise DataError(f"--word-vectors glove gives {GLOVE_DIM}-d vectors, the model's word_dim is {word_dim}")
+        matrix, _ = glove_matrix(vocab.idx2word, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
+        return torch.from_numpy(matrix)
     table = torch.empty(len(vocab), word_dim).uniform_(-0.1, 0.1)
     found = 0
     try:
