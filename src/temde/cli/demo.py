@@ -1,0 +1,35 @@
+"""`temde demo`: prepare the default data, train SAF with attention and with T-EMDE pooling, compare."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="the main job: attention vs T-EMDE pooling on the default real data",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one seed on a 1,200-image subset (~10 min on 2 CPU cores)")
+    p.add_argument("--out", default="runs/demo", help="output folder (results.json, report.md, figures, runs/)")
+    p.add_argument("--data", default=None, help="an existing precomp folder instead of the default openclipart")
+    p.add_argument("--cache", default=None, help="download/feature cache (default $TEMDE_CACHE or ~/.cache/temde)")
+    p.add_argument("--model", default="saf-small", help="model preset (default saf-small)")
+    p.add_argument("--poolings", default="attention,temde", help="comma-separated poolings to compare")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0 with --quick, else 0,1,2)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 8 with --quick, else 12)")
+    p.add_argument("--limit", type=int, default=None, help="openclipart subset size (default: 1200 with --quick)")
+    p.add_argument("--word-vectors", default="glove", help='"glove" (default), a GloVe text file, or "none"')
+    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from temde.demo import DemoSettings, run_demo
+
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else None
+    settings = DemoSettings(
+        out=args.out, quick=args.quick, data=args.data, cache=args.cache, model=args.model,
+        poolings=[p for p in args.poolings.split(",") if p], seeds=seeds, epochs=args.epochs, limit=args.limit,
+        word_vectors=None if args.word_vectors == "none" else args.word_vectors,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), progress=not args.quiet)
+    run_demo(settings)
+    return 0

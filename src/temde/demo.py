@@ -1,0 +1,260 @@
+"""`temde demo`: the project's main job.
+
+Prepares the default real data set (openclipart: public-domain clip art captioned by its authors, EfficientNet
+region features; cached), trains SAF with SGRAF's self-attention pooling and with T-EMDE under the same seeds and
+budget, evaluates both on the test split next to a linear dual encoder and chance, and writes
+`results.json`, `report.md` and figures into the output folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from temde.errors import TemdeError
+
+METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+
+
+@dataclass
+class DemoSettings:
+    out: str = "runs/demo"
+    quick: bool = False
+    data: str | None = None  # an existing precomp folder; default: openclipart prepared into the cache
+    cache: str | None = None  # default $TEMDE_CACHE or ~/.cache/temde
+    model: str = "saf-small"
+    poolings: list[str] = field(default_factory=lambda: ["attention", "temde"])
+    seeds: list[int] | None = None  # default: [0] with --quick, [0, 1, 2] otherwise
+    epochs: int | None = None  # default: 8 with --quick, 12 otherwise
+    limit: int | None = None  # openclipart subset; default: 1200 images with --quick, all otherwise
+    word_vectors: str | None = "glove"
+    device: str = "cpu"
+    progress: bool = True
+
+    def resolved(self) -> "DemoSettings":
+        values = asdict(self)
+        if values["seeds"] is None:
+            values["seeds"] = [0] if self.quick else [0, 1, 2]
+        if values["epochs"] is None:
+            values["epochs"] = 8 if self.quick else 12
+        if values["limit"] is None and self.quick and self.data is None:
+            values["limit"] = 1200
+        return DemoSettings(**values)
+
+
+# ---- data ----------------------------------------------------------------------------------------------------
+
+def ensure_data(s: DemoSettings, log: Callable[[str], None]) -> Path:
+    """The precomp folder to use: `s.data`, or openclipart prepared once into the cache (reused afterwards)."""
+    if s.data is not None:
+        return Path(s.data)
+    from temde.data.sources.openclipart import DEFAULT_DEV, DEFAULT_TEST, prepare_openclipart
+    from temde.features import FeatureExtractor, default_cache_root
+
+    cache = Path(s.cache).expanduser() if s.cache else default_cache_root()
+    name = "openclipart" if s.limit is None else f"openclipart-{s.limit}"
+    out = cache / "data" / name
+    if (out / "manifest.json").is_file():  # written last by prepare: its presence means complete
+        log(f"data: {out} (cached)")
+        return out
+    share = None if s.limit is None else max(1, s.limit // 8)
+    extractor = FeatureExtractor(device=s.device, cache_dir=cache / "features", progress=s.progress)
+    prepare_openclipart(out, cache, extractor=extractor, limit=s.limit, n_dev=share or DEFAULT_DEV,
+                        n_test=share or DEFAULT_TEST, seed=0, log=log)
+    return out
+
+
+def read_manifest(data_dir: Path) -> dict | None:
+    path = data_dir / "manifest.json"
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# ---- one trained variant ---------------------------------------------------------------------------------------
+
+def train_variant(data_dir: Path, run_dir: Path, pooling: str, seed: int, s: DemoSettings) -> dict:
+    """Train (or resume / reuse a finished run in run_dir) and return the loop's result dict."""
+    from temde.training.loop import TrainSettings, train
+
+    settings = TrainSettings(
+        data=str(data_dir), out=str(run_dir), model=s.model, pooling=pooling, epochs=s.epochs, seed=seed,
+        device=s.device, resume=(run_dir / "last.pt").is_file(), progress=s.progress, word_vectors=s.word_vectors,
+        lr_update=max(1, (2 * s.epochs) // 3), validate_data=False)
+    return train(settings)
+
+
+@torch.no_grad()
+def query_latency_ms(model, split, vocab, img, cap, device, n_queries: int = 20) -> dict:
+    """Wall time of answering one query against the whole pre-encoded gallery, query encoding included:
+    text->image encodes one caption and scores it against every image; image->text the reverse."""
+    from temde.data.batches import encode_captions as tokenize
+    from temde.scoring import encode_captions, encode_images, score_matrix
+
+    tokens, lengths = tokenize(split.captions[:n_queries], vocab)
+
+    def per_query(fn, count):
+        fn(0)  # warm-up: first-call allocations and lazy initialisation are not a query's cost
+        start = time.perf_counter()
+        for q in range(count):
+            fn(q)
+        return 1e3 * (time.perf_counter() - start) / count
+
+    def text_query(q):
+        query = encode_captions(model, tokens[q:q + 1], lengths[q:q + 1], 1, device)
+        score_matrix(model, img, query, 128, 1, device)
+
+    def image_query(q):
+        query = encode_images(model, split.images[q:q + 1], 1, device)
+        score_matrix(model, query, cap, 1, 256, device)
+
+    return {"t2i_query_ms": per_query(text_query, min(n_queries, len(tokens))),
+            "i2t_query_ms": per_query(image_query, min(n_queries, split.n_images))}
+
+
+def evaluate_checkpoint(path: Path, data_dir: Path, split: str, device: str) -> tuple[dict, np.ndarray, Any]:
+    """Test metrics, the score matrix and the restored model of one checkpoint."""
+    from temde.data import load_split
+    from temde.evaluation import evaluate
+    from temde.scoring import encode_split, score_matrix
+    from temde.training.checkpoint import load_checkpoint, restore_model, restore_vocab
+
+    checkpoint = load_checkpoint(path)
+    model = restore_model(checkpoint, device)
+    vocab = restore_vocab(checkpoint)
+    test = load_split(data_dir, split, validate=False)
+    start = time.perf_counter()
+    img, cap = encode_split(model, test, vocab, 128, device)
+    encode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    sims = score_matrix(model, img, cap, 64, 128, device)
+    score_s = time.perf_counter() - start
+    metrics = evaluate(sims, test.captions_per_image)
+    metrics.update(encode_s=encode_s, score_matrix_s=score_s, **query_latency_ms(model, test, vocab, img, cap, device))
+    return metrics, sims, (model, vocab, img, cap)
+
+
+def mean_std(values: list[float]) -> dict:
+    return {"mean": float(statistics.fmean(values)),
+            "std": float(statistics.stdev(values)) if len(values) > 1 else 0.0, "values": values}
+
+
+# ---- the job -----------------------------------------------------------------------------------------------------
+
+def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> dict:
+    from temde.baselines import BaselineSettings, score_dual_encoder, train_dual_encoder
+    from temde.data import Vocabulary, load_split, load_vocab
+    from temde.demo_report import write_figures, write_report
+    from temde.evaluation import chance_rsum, evaluate
+
+    s = settings.resolved()
+    unknown = [p for p in s.poolings if p not in ("attention", "temde", "mha", "mean")]
+    if unknown:
+        raise TemdeError(f"unknown pooling(s) {unknown}")
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    data_dir = ensure_data(s, log)
+    prepared_s = time.perf_counter() - started
+    test = load_split(data_dir, "test", validate=False)
+    k = test.captions_per_image
+
+    variants: dict[str, dict] = {}
+    for pooling in s.poolings:
+        runs = []
+        for seed in s.seeds:
+            run_dir = out / "runs" / f"{pooling}-seed{seed}"
+            log(f"training {s.model} with {pooling} pooling, seed {seed} ({s.epochs} epochs) -> {run_dir}")
+            result = train_variant(data_dir, run_dir, pooling, seed, s)
+            metrics, sims, _ = evaluate_checkpoint(run_dir / "best.pt", data_dir, "test", s.device)
+            metrics["train_seconds"] = result["train_seconds"]
+            metrics["best_dev_rsum"] = result["best_rsum"]
+            log(f"  test rsum {metrics['rsum']:.1f} (dev {result['best_rsum']:.1f}), "
+                f"trained in {result['train_seconds']:.0f} s")
+            runs.append({"seed": seed, "run_dir": str(run_dir), "metrics": metrics, "history": result["history"]})
+            np.save(run_dir / "test_sims.npy", sims)
+        variants[pooling] = {"runs": runs, "summary": summarise_runs([r["metrics"] for r in runs])}
+
+    # The floor: a linear dual encoder (mean-pooled regions + bag of words), same loss, same split and seeds.
+    train_split, dev_split = load_split(data_dir, "train", validate=False), load_split(data_dir, "dev", validate=False)
+    vocab = load_vocab(data_dir) if (data_dir / "vocab.json").is_file() else Vocabulary.build(train_split.captions)
+    baseline_runs = []
+    for seed in s.seeds:
+        model, info = train_dual_encoder(train_split, dev_split, vocab, BaselineSettings(seed=seed, device=s.device))
+        metrics = evaluate(score_dual_encoder(model, test, vocab, s.device), k)
+        metrics["train_seconds"] = info["train_seconds"]
+        baseline_runs.append({"seed": seed, "metrics": metrics})
+    log(f"linear dual encoder: test rsum {statistics.fmean(r['metrics']['rsum'] for r in baseline_runs):.1f}")
+
+    results = {
+        "settings": asdict(s),
+        "data": {"dir": str(data_dir), "test_images": test.n_images, "test_captions": test.n_captions,
+                 "captions_per_image": k, "train_images": train_split.n_images, "dev_images": dev_split.n_images,
+                 "chance_rsum": chance_rsum(test.n_images, k), "prepare_seconds": prepared_s},
+        "machine": machine_summary(s.device),
+        **{pooling: variants[pooling]["summary"] for pooling in s.poolings},
+        "linear_dual_encoder": summarise_runs([r["metrics"] for r in baseline_runs]),
+        "variants": variants,
+        "baseline_runs": baseline_runs,
+    }
+    results["total_seconds"] = time.perf_counter() - started
+    figures = write_figures(results, data_dir, out, s.device, log)
+    results["figures"] = figures
+    results["total_seconds"] = time.perf_counter() - started
+    write_json_atomic(out / "results.json", results)
+    write_report(results, out / "report.md")
+    log(format_table(results))
+    log(f"wrote {out / 'results.json'}, {out / 'report.md'} and {len(figures)} figures "
+        f"in {results['total_seconds'] / 60:.1f} min")
+    return results
+
+
+def summarise_runs(metric_dicts: list[dict]) -> dict:
+    keys = [k for k in metric_dicts[0] if isinstance(metric_dicts[0][k], (int, float))]
+    return {key: mean_std([float(m[key]) for m in metric_dicts]) for key in keys}
+
+
+def machine_summary(device: str) -> dict:
+    from temde.bench.timing import machine_description
+
+    return machine_description(torch.device(device))
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _cell(summary: dict, key: str, digits: int = 1) -> str:
+    entry = summary[key]
+    if entry["std"] == 0.0 and len(entry["values"]) == 1:
+        return f"{entry['mean']:.{digits}f}"
+    return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}"
+
+
+def format_table(results: dict) -> str:
+    """Markdown table: one row per model, recalls both ways, rsum, training time, per-query latency."""
+    rows = [("SAF + " + p, results[p]) for p in results["settings"]["poolings"]]
+    rows.append(("linear dual encoder", results["linear_dual_encoder"]))
+    header = ("| model | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | rsum | train s | t2i ms/query | i2t ms/query |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [header]
+    for name, summary in rows:
+        cells = [_cell(summary, key) for key in METRICS]
+        cells.append(_cell(summary, "train_seconds", 0))
+        for key in ("t2i_query_ms", "i2t_query_ms"):
+            cells.append(_cell(summary, key, 2) if key in summary else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    d = results["data"]
+    lines.append(f"| chance | | | | | | | {d['chance_rsum']:.1f} | | | |")
+    return "\n".join(lines)
