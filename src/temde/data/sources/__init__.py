@@ -1,0 +1,12 @@
+"""Data set sources for `temde prepare`: each turns raw images + text into the precomp layout.
+
+folder       any folder of images + a TSV of captions (`prepare_folder`); `build_dataset` is the shared path
+openclipart  the Debian openclipart packages, captioned from their SVG metadata (`prepare_openclipart`)
+splits       leakage-free grouped train/dev/test splits (`grouped_split`)
+"""
+from temde.data.sources.folder import MANIFEST_FILE, build_dataset, prepare_folder, read_caption_table
+from temde.data.sources.openclipart import parse_svg_metadata, prepare_openclipart
+from temde.data.sources.splits import grouped_split, leakage_groups, normalise_text
+
+__all__ = ["MANIFEST_FILE", "build_dataset", "prepare_folder", "read_caption_table", "parse_svg_metadata",
+           "prepare_openclipart", "grouped_split", "leakage_groups", "normalise_text"]
