@@ -1,4 +1,8 @@
-"""`temde train`: train a SAF/SGR retrieval model with a chosen global pooling on a precomp folder."""
+"""`temde train`: train a SAF/SGR retrieval model with a chosen global pooling on a precomp folder.
+
+Several GPUs (or CPU processes): launch the same command with torchrun, e.g.
+`torchrun --nproc_per_node 4 -m temde train --data DIR --out RUN ...`; --batch-size stays the global batch.
+"""
 from __future__ import annotations
 
 import argparse
@@ -33,20 +37,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="any other model config field, e.g. sim_dim=128 (repeatable)")
     p.add_argument("--embed-size", type=int)
     p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
     p.add_argument("--lr", type=float, help="learning rate (default 2e-4 or the preset's)")
     p.add_argument("--lr-update", type=int, help="epochs between lr x0.1 decays")
     p.add_argument("--margin", type=float)
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--all-negatives", action="store_true", help="sum the loss over all negatives, not the hardest")
+    p.add_argument("--global-loss", type=float, default=0.0, metavar="W",
+                   help="add W x the VSE++ loss on inner products of the global vectors (what the two-stage "
+                        "index ranks by); default 0 = off")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu); under torchrun "
+                                    "each process takes cuda:LOCAL_RANK")
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     p.add_argument("--amp-dtype", choices=["bfloat16", "float16"], default="bfloat16")
     p.add_argument("--word-vectors", metavar="glove|FILE",
-                   help="initialise word embeddings: \"glove\" (packaged GloVe 6B 50d, sets word_dim=50) or a GloVe-format text file")
+                   help="initialise word embeddings: \"glove\" (packaged GloVe 6B 50d, sets word_dim=50) or a "
+                        "GloVe-format text file")
     p.add_argument("--temperature-anneal", type=float, nargs=2, metavar=("START", "END"),
                    help="anneal T-EMDE temperatures geometrically over the epochs")
     p.add_argument("--log-every", type=int, default=50)
@@ -69,10 +78,11 @@ def run(args: argparse.Namespace) -> int:
         pool_options=dict(args.pool_option) if args.pool_option else None, embed_size=args.embed_size,
         model_overrides=dict(args.model_set), epochs=args.epochs, lr=args.lr, lr_update=args.lr_update,
         batch_size=args.batch_size, margin=args.margin, grad_clip=args.grad_clip,
-        max_violation=False if args.all_negatives else None, seed=args.seed, workers=args.workers, device=device,
+        max_violation=False if args.all_negatives else None, global_loss=args.global_loss, seed=args.seed,
+        workers=args.workers, device=device,
         resume=args.resume, amp=args.amp, amp_dtype=args.amp_dtype, log_every=args.log_every,
-        tensorboard=args.tensorboard, progress=not args.quiet, max_steps_per_epoch=args.max_steps_per_epoch, train_subset=args.train_subset,
-        dev_subset=args.dev_subset, word_vectors=args.word_vectors,
+        tensorboard=args.tensorboard, progress=not args.quiet, max_steps_per_epoch=args.max_steps_per_epoch,
+        train_subset=args.train_subset, dev_subset=args.dev_subset, word_vectors=args.word_vectors,
         temperature_anneal=tuple(args.temperature_anneal) if args.temperature_anneal else None,
     )
     try:
@@ -80,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # bad numbers on the command line: one line, like any user error
         raise TemdeError(str(exc)) from None
     result = train(settings)
-    print(f"best dev rsum {result['best_rsum']:.1f} at epoch {result['best_epoch']} of {result['epochs']} "
-          f"({result['train_seconds']:.0f} s training) on {device}")
-    print(f"checkpoints: {result['best_checkpoint']}, {result['last_checkpoint']}")
+    if result["rank"] == 0:  # under torchrun every process returns here; one report is enough
+        processes = f" x {result['world_size']} processes" if result["world_size"] > 1 else ""
+        print(f"best dev rsum {result['best_rsum']:.1f} at epoch {result['best_epoch']} of {result['epochs']} "
+              f"({result['train_seconds']:.0f} s training) on {device}{processes}")
+        print(f"checkpoints: {result['best_checkpoint']}, {result['last_checkpoint']}")
     return 0

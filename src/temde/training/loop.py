@@ -4,6 +4,9 @@ A run folder holds `last.pt` (written every epoch), `best.pt` (best dev rsum so 
 `epochs.csv`, `config.json` and optionally `tensorboard/`. `train(TrainSettings(..., resume=True))` continues
 a killed run from `last.pt` and ends with the same weights and metrics as an uninterrupted run: every random
 generator is restored, and each epoch's data order comes from (seed, epoch) alone.
+
+Under `torchrun` the same call trains with DistributedDataParallel (see temde.training.distributed): the batch
+size stays the global one, hardest negatives are mined over the whole global batch, and rank 0 alone writes.
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ from torch import nn
 
 from temde.errors import CheckpointError, DataError, TemdeError
 from temde.evaluation import evaluate
+from temde.training import distributed
 from temde.training.checkpoint import load_checkpoint, restore_vocab, rng_state, save_checkpoint, set_rng_state
+from temde.training.distributed import DistInfo
 from temde.training.logging import RunLogger
 from temde.training.loss import triplet_loss
 
@@ -55,6 +60,7 @@ class TrainSettings:
     max_violation: bool | None = None
     grad_clip: float | None = None  # <= 0 disables clipping
     mask_same_image: bool = True  # two captions of one image in a batch are not negatives of each other
+    global_loss: float = 0.0  # weight of the auxiliary VSE++ loss on global-vector inner products (0 = off)
     seed: int = 0
     workers: int = 0
     device: str = "cpu"
@@ -89,6 +95,8 @@ class TrainSettings:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name}: expected a positive number, got {value!r}")
+        if not self.global_loss >= 0:
+            raise ValueError(f"global_loss: expected a weight >= 0, got {self.global_loss!r}")
         if self.margin is not None and not self.margin >= 0:
             raise ValueError(f"margin: expected a number >= 0, got {self.margin!r}")
         if not isinstance(self.workers, int) or self.workers < 0:
@@ -233,50 +241,119 @@ def _anneal(settings: TrainSettings, epochs: int, epoch: int) -> float | None:
     return default_temperature_schedule(start, end, epochs - 1, epoch)
 
 
-def dev_metrics(model: nn.Module, split, vocab, device: torch.device, settings: TrainSettings) -> dict[str, float]:
+def dev_metrics(model: nn.Module, split, vocab, device: torch.device, settings: TrainSettings,
+                info: DistInfo = distributed.SINGLE) -> dict[str, float]:
+    """R@K and rsum on a dev split. Under DDP each rank scores its share of the images (every rank encodes the
+    whole split, cheap next to scoring) and every rank gets the same full matrix, hence the same metrics."""
     from temde.scoring import encode_split, score_matrix
 
     img, cap = encode_split(model, split, vocab, settings.eval_batch_size, device)
-    sims = score_matrix(model, img, cap, settings.image_block, settings.caption_block, device)
+    if not info.enabled:
+        sims = score_matrix(model, img, cap, settings.image_block, settings.caption_block, device)
+    else:
+        rows = distributed.shard_rows(len(img), info)
+        block = (score_matrix(model, img[rows], cap, settings.image_block, settings.caption_block, device)
+                 if rows.stop > rows.start else np.zeros((0, len(cap)), dtype=np.float32))
+        sims = distributed.gather_row_blocks(block, len(img), info, device)
     return evaluate(sims, split.captions_per_image)
 
 
 # ---- the loop ------------------------------------------------------------------------------------------------
 
+class MatchingObjective(nn.Module):
+    """The training loss of one batch as a module (under DDP, the module DDP wraps, so its gradient hooks see
+    the whole step): encode each modality once, score, VSE++ loss on the scores, plus `global_weight` times the
+    same loss on the inner products of the L2-normalised global vectors (what a two-stage index ranks by; SAF/SGR
+    compare globals through Linear((g_i - g_c)^2), which is not an inner product).
+
+    Under DDP (`info.enabled`) the inputs are this rank's shard; captions, score rows and image globals are
+    gathered so that the loss is the one of the whole global batch of `global_size` items (see distributed.py).
+    """
+
+    def __init__(self, model: nn.Module, margin: float, max_violation: bool, global_weight: float = 0.0,
+                 info: DistInfo = distributed.SINGLE) -> None:
+        super().__init__()
+        self.model = model
+        self.margin, self.max_violation, self.global_weight, self.info = margin, max_violation, global_weight, info
+
+    def forward(self, images: torch.Tensor, image_mask: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor,
+                image_ids: torch.Tensor | None = None, global_size: int | None = None) -> torch.Tensor:
+        img = self.model.encode_images(images, image_mask)
+        cap = self.model.encode_captions(tokens, lengths)
+        img_global = img.global_
+        if self.info.enabled:
+            if global_size is None:
+                raise ValueError("global_size: required under DDP (the number of real items in the global batch)")
+            # Gathered rows are in rank order, and shards are contiguous with padding only at the end, so the
+            # first global_size rows are the global batch in its original order.
+            cap = distributed.gather_encoded(cap)[:global_size]
+            scores = distributed.gather_rows(self.model.score(img, cap).float())[:global_size]
+            if self.global_weight:
+                img_global = distributed.gather_rows(img.global_)[:global_size]
+            if image_ids is not None:
+                image_ids = distributed.gather_rows(image_ids)[:global_size]
+        else:
+            scores = self.model.score(img, cap)
+        # The losses in float32: the hinge compares scores that differ by less than bfloat16 resolves.
+        with torch.autocast(scores.device.type, enabled=False):
+            loss = triplet_loss(scores.float(), self.margin, self.max_violation, image_ids)
+            if self.global_weight:
+                global_scores = img_global.float() @ cap.global_.float().t()
+                loss = loss + self.global_weight * triplet_loss(global_scores, self.margin, self.max_violation,
+                                                                image_ids)
+        return loss
+
+
 class _Stepper:
-    """One optimisation step on a batch: forward (autocast on CUDA), VSE++ loss, scaled backward, clip, Adam."""
+    """One optimisation step on a batch: the objective (autocast on CUDA), scaled backward, clip, Adam."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 parameters: list[nn.Parameter], hyper: dict[str, Any], use_amp: bool, amp_dtype: torch.dtype,
+    def __init__(self, objective: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 parameters: list[nn.Parameter], grad_clip: float | None, use_amp: bool, amp_dtype: torch.dtype,
                  mask_same_image: bool) -> None:
-        self.model, self.optimizer, self.scaler, self.parameters = model, optimizer, scaler, parameters
-        self.hyper, self.use_amp, self.amp_dtype, self.mask_same_image = hyper, use_amp, amp_dtype, mask_same_image
+        self.objective, self.optimizer, self.scaler, self.parameters = objective, optimizer, scaler, parameters
+        self.grad_clip, self.use_amp, self.amp_dtype, self.mask_same_image = grad_clip, use_amp, amp_dtype, \
+            mask_same_image
 
-    def __call__(self, batch) -> torch.Tensor:
+    def __call__(self, batch, global_size: int | None = None) -> torch.Tensor:
         with torch.autocast(batch.images.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            scores = self.model(batch.images, batch.image_mask, batch.tokens, batch.lengths)
-        # The loss in float32: the hinge compares scores that differ by less than bfloat16 resolves.
-        loss = triplet_loss(scores.float(), self.hyper["margin"], self.hyper["max_violation"],
-                            batch.image_ids if self.mask_same_image else None)
+            loss = self.objective(batch.images, batch.image_mask, batch.tokens, batch.lengths,
+                                  batch.image_ids if self.mask_same_image else None, global_size)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.hyper["grad_clip"] and self.hyper["grad_clip"] > 0:
+        if self.grad_clip and self.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-            nn.utils.clip_grad_norm_(self.parameters, self.hyper["grad_clip"])
+            nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach()
 
 
+class _NoLogger:
+    """What ranks other than 0 log to: nothing."""
+
+    def log_step(self, *args: Any) -> None: ...
+    def log_epoch(self, *args: Any) -> None: ...
+    def truncate(self, *args: Any) -> None: ...
+    def close(self) -> None: ...
+
+
 def train(settings: TrainSettings) -> dict[str, Any]:
-    """Train one model; returns best_rsum, best_epoch, history (one dict per epoch), train_seconds, paths."""
+    """Train one model; returns best_rsum, best_epoch, history (one dict per epoch), train_seconds, paths,
+    rank and world_size. Under torchrun (WORLD_SIZE > 1) every process calls this; see distributed.py."""
+    settings.validate()
+    info, device = distributed.setup(settings.device)
+    try:
+        return _train(settings, info, device)
+    finally:
+        distributed.teardown(info)
+
+
+def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from temde.data import Vocabulary, load_split, load_vocab, make_loader
     from temde.models import RetrievalModel
 
-    settings.validate()
-    device = torch.device(settings.device)
     run_dir = Path(settings.out)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     checkpoint = None
@@ -285,10 +362,11 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     elif not settings.resume and last_path.exists():
         raise TemdeError(f"{last_path} exists: pass resume to continue that run, or choose another output folder")
 
-    full_train = load_split(settings.data, "train", validate=settings.validate_data)
+    # One process reading every feature to check it is finite is enough (a failure there ends the whole job).
+    validate = settings.validate_data and info.is_main
+    full_train = load_split(settings.data, "train", validate=validate)
     train_split = _subset(full_train, settings.train_subset)
-    dev_split = _subset(load_split(settings.data, settings.dev_split, validate=settings.validate_data),
-                        settings.dev_subset)
+    dev_split = _subset(load_split(settings.data, settings.dev_split, validate=validate), settings.dev_subset)
     if checkpoint is not None:
         vocab = restore_vocab(checkpoint)
     elif (Path(settings.data) / "vocab.json").is_file():
@@ -303,7 +381,11 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     if checkpoint is not None and checkpoint["config"] != config.to_dict():
         differ = sorted(k for k in config.to_dict() if checkpoint["config"].get(k) != config.to_dict()[k])
         raise CheckpointError(f"{last_path}: was trained with another model config (differs in {', '.join(differ)})")
+    if hyper["batch_size"] < info.world_size:
+        raise TemdeError(f"batch size {hyper['batch_size']} is smaller than the {info.world_size} processes; "
+                         "--batch-size is the global batch, split across them")
 
+    # Every rank builds the same model from the same seed (DDP also broadcasts rank 0's weights).
     seed_everything(settings.seed)
     word_vectors = (load_word_vectors(settings.word_vectors, vocab, config.word_dim)
                     if settings.word_vectors and checkpoint is None else None)
@@ -311,6 +393,9 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     pools_initialised = None
     if checkpoint is None and settings.init_pools:  # before the optimizer sees the parameters
         pools_initialised = _init_pools(model, train_split, vocab, hyper["batch_size"], settings.seed, device)
+    if info.enabled and device.type == "cuda":
+        # Batch statistics over the global batch, as one process would see them (gloo has no SyncBatchNorm).
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     use_amp = settings.amp and device.type == "cuda"
     bf16 = settings.amp_dtype == "bfloat16" and (not use_amp or torch.cuda.is_bf16_supported())
     amp_dtype = torch.bfloat16 if bf16 else torch.float16
@@ -319,11 +404,9 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=hyper["lr_update"], gamma=hyper["lr_decay"])
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
-    step = _Stepper(model, optimizer, scaler, parameters, hyper, use_amp, amp_dtype,
-                    settings.mask_same_image)
     epochs = hyper["epochs"]
     state = {"epoch": 0, "step": 0, "best_rsum": -math.inf, "best_epoch": 0, "history": [], "train_seconds": 0.0}
-    logger = RunLogger(run_dir, tensorboard=settings.tensorboard)
+    logger = RunLogger(run_dir, tensorboard=settings.tensorboard) if info.is_main else _NoLogger()
     if checkpoint is None:
         logger.truncate(0)
     else:
@@ -337,11 +420,22 @@ def train(settings: TrainSettings) -> dict[str, Any]:
             state[key] = extra[key]
         set_rng_state(extra["rng"])
         logger.truncate(state["epoch"])  # rows after the checkpoint are redone
-    _write_run_config(run_dir, settings, config, hyper)
+    if info.is_main:
+        _write_run_config(run_dir, settings, config, hyper)
+
+    objective: nn.Module = MatchingObjective(model, hyper["margin"], hyper["max_violation"], settings.global_loss,
+                                             info)
+    if info.enabled:
+        objective = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None)
+    step = _Stepper(objective, optimizer, scaler, parameters, hyper["grad_clip"], use_amp, amp_dtype,
+                    settings.mask_same_image)
+    progress = settings.progress and info.is_main
 
     def checkpoint_extra(full: bool) -> dict[str, Any]:
         extra = {key: state[key] for key in ("epoch", "step", "best_rsum", "best_epoch", "train_seconds")}
-        extra.update(settings=settings.to_dict(), hyper=hyper, dev_metrics=state["history"][-1])
+        extra.update(settings=settings.to_dict(), hyper=hyper, dev_metrics=state["history"][-1],
+                     world_size=info.world_size)
         if full:  # what a resume needs; best.pt is for evaluation and stays small
             extra.update(history=state["history"], optimizer=optimizer.state_dict(),
                          scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_state())
@@ -354,25 +448,36 @@ def train(settings: TrainSettings) -> dict[str, Any]:
                 _set_temperature(model, temperature)
             if settings.on_epoch_start is not None:
                 settings.on_epoch_start(model, epoch)
-            loader = make_loader(train_split, vocab, hyper["batch_size"], shuffle=True,
-                                 seed=derived_seed(settings.seed, epoch), num_workers=settings.workers,
-                                 pin_memory=device.type == "cuda")
+            if info.enabled:
+                # Each rank its own dropout stream, from (seed, epoch, rank) alone: a resume redraws it exactly.
+                torch.manual_seed(derived_seed(settings.seed, epoch, 1 << 21, info.rank))
+                loader = distributed.make_shard_loader(train_split, vocab, hyper["batch_size"],
+                                                       derived_seed(settings.seed, epoch), info, settings.workers,
+                                                       pin_memory=device.type == "cuda")
+                global_sizes = loader.batch_sampler.global_sizes()
+            else:
+                loader = make_loader(train_split, vocab, hyper["batch_size"], shuffle=True,
+                                     seed=derived_seed(settings.seed, epoch), num_workers=settings.workers,
+                                     pin_memory=device.type == "cuda")
+                global_sizes = None
             steps = min(len(loader), settings.max_steps_per_epoch or len(loader))
             lr = optimizer.param_groups[0]["lr"]
-            model.train()
+            objective.train()
             started = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             window_sum, window_steps = torch.zeros((), device=device), 0
-            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not settings.progress, leave=False)
+            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
             for index, batch in zip(range(steps), loader):
-                loss = step(batch.to(device, non_blocking=True))
+                loss = step(batch.to(device, non_blocking=True), global_sizes[index] if global_sizes else None)
                 state["step"] += 1
                 loss_sum += loss
                 window_sum += loss
                 window_steps += 1
                 bar.update(1)
                 if window_steps == settings.log_every or index == steps - 1:
-                    mean_loss = float(window_sum) / window_steps  # the only host sync of the loop
+                    # The only host sync of the loop. Every rank holds the same loss (of the global batch), so
+                    # they all take the same branch here.
+                    mean_loss = float(window_sum) / window_steps
                     if not math.isfinite(mean_loss):
                         raise TemdeError(f"training diverged at step {state['step']} (loss {mean_loss})")
                     logger.log_step(state["step"], {"epoch": epoch + 1, "loss": mean_loss, "lr": lr})
@@ -386,7 +491,9 @@ def train(settings: TrainSettings) -> dict[str, Any]:
             state["train_seconds"] += train_seconds
 
             eval_started = time.perf_counter()
-            metrics = dev_metrics(model, dev_split, vocab, device, settings)
+            if info.enabled:  # per-process BatchNorm statistics (CPU): evaluate, and save, rank 0's
+                distributed.broadcast_buffers(model)
+            metrics = dev_metrics(model, dev_split, vocab, device, settings, info)
             record = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(steps, 1), "lr": lr,
                       **({"temperature": temperature} if temperature is not None else {}),
                       **metrics, "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - eval_started}
@@ -397,12 +504,15 @@ def train(settings: TrainSettings) -> dict[str, Any]:
                 state["best_rsum"], state["best_epoch"] = metrics["rsum"], epoch + 1
                 # best.pt before last.pt: a kill between the two never leaves last.pt claiming a best.pt that
                 # does not exist yet.
-                save_checkpoint(best_path, model.state_dict(), config.to_dict(), vocab.to_json(),
-                                checkpoint_extra(False))
+                if info.is_main:
+                    save_checkpoint(best_path, model.state_dict(), config.to_dict(), vocab.to_json(),
+                                    checkpoint_extra(False))
             # Logged before last.pt is written: a kill in between redoes this epoch and its rows are replaced.
             logger.log_epoch(epoch + 1, {key: value for key, value in record.items() if key != "epoch"})
-            save_checkpoint(last_path, model.state_dict(), config.to_dict(), vocab.to_json(), checkpoint_extra(True))
-            if settings.progress:
+            if info.is_main:
+                save_checkpoint(last_path, model.state_dict(), config.to_dict(), vocab.to_json(),
+                                checkpoint_extra(True))
+            if progress:
                 tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.4f}  dev rsum "
                            f"{metrics['rsum']:.1f}  (best {state['best_rsum']:.1f} at epoch {state['best_epoch']})")
     finally:
@@ -412,7 +522,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
         "run_dir": str(run_dir), "best_rsum": state["best_rsum"], "best_epoch": state["best_epoch"],
         "history": state["history"], "train_seconds": state["train_seconds"], "epochs": state["epoch"],
         "steps": state["step"], "best_checkpoint": str(best_path), "last_checkpoint": str(last_path),
-        "pools_initialised": pools_initialised,
+        "pools_initialised": pools_initialised, "rank": info.rank, "world_size": info.world_size,
     }
 
 
