@@ -32,7 +32,7 @@ class DemoSettings:
     model: str = "saf-small"
     poolings: list[str] = field(default_factory=lambda: ["attention", "temde"])
     seeds: list[int] | None = None  # default: [0] with --quick, [0, 1, 2] otherwise
-    epochs: int | None = None  # default: 8 with --quick, 12 otherwise
+    epochs: int | None = None  # default: the model preset's (15 for saf-small)
     limit: int | None = None  # openclipart subset; default: 1200 images with --quick, all otherwise
     word_vectors: str | None = "glove"
     device: str = "cpu"
@@ -42,8 +42,6 @@ class DemoSettings:
         values = asdict(self)
         if values["seeds"] is None:
             values["seeds"] = [0] if self.quick else [0, 1, 2]
-        if values["epochs"] is None:
-            values["epochs"] = 8 if self.quick else 12
         if values["limit"] is None and self.quick and self.data is None:
             values["limit"] = 1200
         return DemoSettings(**values)
@@ -88,7 +86,7 @@ def train_variant(data_dir: Path, run_dir: Path, pooling: str, seed: int, s: Dem
     settings = TrainSettings(
         data=str(data_dir), out=str(run_dir), model=s.model, pooling=pooling, epochs=s.epochs, seed=seed,
         device=s.device, resume=(run_dir / "last.pt").is_file(), progress=s.progress, word_vectors=s.word_vectors,
-        lr_update=max(1, (2 * s.epochs) // 3), validate_data=False)
+        lr_update=None if s.epochs is None else max(1, (2 * s.epochs) // 3), validate_data=False)
     return train(settings)
 
 
@@ -172,7 +170,7 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> dict
         runs = []
         for seed in s.seeds:
             run_dir = out / "runs" / f"{pooling}-seed{seed}"
-            log(f"training {s.model} with {pooling} pooling, seed {seed} ({s.epochs} epochs) -> {run_dir}")
+            log(f"training {s.model} with {pooling} pooling, seed {seed} -> {run_dir}")
             result = train_variant(data_dir, run_dir, pooling, seed, s)
             metrics, sims, _ = evaluate_checkpoint(run_dir / "best.pt", data_dir, "test", s.device)
             metrics["train_seconds"] = result["train_seconds"]

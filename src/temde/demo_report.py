@@ -182,7 +182,7 @@ def write_report(results: dict, path: Path) -> None:
         "",
         f"Data: `{d['dir']}` — {d['train_images']} train / {d['dev_images']} dev / {d['test_images']} test images, "
         f"{d['captions_per_image']} caption(s) per image (leakage-free grouped split).",
-        f"Model: `{s['model']}` (SAF host), {s['epochs']} epochs, word vectors: {s['word_vectors'] or 'random'}, "
+        f"Model: `{s['model']}` (SAF host), {s['epochs'] or 'preset'} epochs, word vectors: {s['word_vectors'] or 'random'}, "
         f"seeds {s['seeds']} (mean ± std over seeds). Best epoch chosen by dev rsum; figures below are on test.",
         "",
         format_table(results),

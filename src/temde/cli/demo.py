@@ -12,7 +12,7 @@ def register(sub) -> None:
     p.add_argument("--model", default="saf-small", help="model preset (default saf-small)")
     p.add_argument("--poolings", default="attention,temde", help="comma-separated poolings to compare")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0 with --quick, else 0,1,2)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 8 with --quick, else 12)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the preset's, 15)")
     p.add_argument("--limit", type=int, default=None, help="openclipart subset size (default: 1200 with --quick)")
     p.add_argument("--word-vectors", default="glove", help='"glove" (default), a GloVe text file, or "none"')
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")

@@ -53,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     p.add_argument("--amp-dtype", choices=["bfloat16", "float16"], default="bfloat16")
+    p.add_argument("--warmup-epochs", type=int, default=None, metavar="N",
+                   help="sum over all negatives for the first N epochs, then hardest negatives (default: preset's)")
     p.add_argument("--word-vectors", metavar="glove|FILE",
                    help="initialise word embeddings: \"glove\" (packaged GloVe 6B 50d, sets word_dim=50) or a "
                         "GloVe-format text file")
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         pool_options=dict(args.pool_option) if args.pool_option else None, embed_size=args.embed_size,
         model_overrides=dict(args.model_set), epochs=args.epochs, lr=args.lr, lr_update=args.lr_update,
         batch_size=args.batch_size, margin=args.margin, grad_clip=args.grad_clip,
-        max_violation=False if args.all_negatives else None, global_loss=args.global_loss, seed=args.seed,
+        max_violation=False if args.all_negatives else None, warmup_epochs=args.warmup_epochs, global_loss=args.global_loss, seed=args.seed,
         workers=args.workers, device=device,
         resume=args.resume, amp=args.amp, amp_dtype=args.amp_dtype, log_every=args.log_every,
         tensorboard=args.tensorboard, progress=not args.quiet, max_steps_per_epoch=args.max_steps_per_epoch,

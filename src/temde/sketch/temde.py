@@ -130,7 +130,7 @@ class TEMDE(nn.Module):
         """A TEMDE whose hard limit (temperature -> 0) is exactly `dlsh.codes`."""
         module = cls(dlsh.directions.shape[0], dlsh.n_partitions, dlsh.n_bits, temperature=temperature,
                      seed=dlsh.seed, **kwargs)
-        return module.load_dlsh(dlsh.to(module.planes.device))
+        return module.to(dlsh.directions.device).load_dlsh(dlsh)  # on the device the DLSH lives on
 
     @torch.no_grad()
     def init_from_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> "TEMDE":

@@ -34,7 +34,7 @@ from temde.training.loss import triplet_loss
 # SGRAF's published training settings; a preset's "train" part and explicit settings override them.
 DEFAULT_TRAIN = {
     "epochs": 30, "lr_update": 20, "learning_rate": 2e-4, "batch_size": 128, "grad_clip": 2.0,
-    "margin": 0.2, "max_violation": True, "lr_decay": 0.1,
+    "margin": 0.2, "max_violation": True, "lr_decay": 0.1, "warmup_epochs": 0,
 }
 # Plain head names without a preset: SGRAF's Flickr30K schedules (SAF 30 epochs / decay at 20, SGR 40 / 30).
 HEAD_SCHEDULES = {"saf": {"epochs": 30, "lr_update": 20}, "sgr": {"epochs": 40, "lr_update": 30}}
@@ -58,6 +58,9 @@ class TrainSettings:
     batch_size: int | None = None
     margin: float | None = None
     max_violation: bool | None = None
+    # Epochs that sum over all negatives before hardest-negative mining starts (VSE-infinity's warm-up): on small
+    # data sets hardest negatives from the first step can collapse every embedding to one point.
+    warmup_epochs: int | None = None
     grad_clip: float | None = None  # <= 0 disables clipping
     mask_same_image: bool = True  # two captions of one image in a batch are not negatives of each other
     global_loss: float = 0.0  # weight of the auxiliary VSE++ loss on global-vector inner products (0 = off)
@@ -155,7 +158,8 @@ def resolve_model(settings: TrainSettings, img_dim: int, vocab_size: int):
                          f"(a head: saf, sgr; or a preset: {', '.join(list_models())})")
     explicit = {"epochs": settings.epochs, "learning_rate": settings.lr, "lr_update": settings.lr_update,
                 "lr_decay": settings.lr_decay, "batch_size": settings.batch_size, "margin": settings.margin,
-                "max_violation": settings.max_violation, "grad_clip": settings.grad_clip}
+                "max_violation": settings.max_violation, "grad_clip": settings.grad_clip,
+                "warmup_epochs": settings.warmup_epochs}
     hyper.update({key: value for key, value in explicit.items() if value is not None})
     for key in ("epochs", "batch_size", "lr_update"):  # explicit values are validated; this catches a preset's
         if not isinstance(hyper[key], int) or hyper[key] < 1:
@@ -423,8 +427,8 @@ def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dic
     if info.is_main:
         _write_run_config(run_dir, settings, config, hyper)
 
-    objective: nn.Module = MatchingObjective(model, hyper["margin"], hyper["max_violation"], settings.global_loss,
-                                             info)
+    matching = MatchingObjective(model, hyper["margin"], hyper["max_violation"], settings.global_loss, info)
+    objective: nn.Module = matching
     if info.enabled:
         objective = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)
@@ -446,6 +450,7 @@ def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dic
             temperature = _anneal(settings, epochs, epoch)
             if temperature is not None:
                 _set_temperature(model, temperature)
+            matching.max_violation = hyper["max_violation"] and epoch >= hyper.get("warmup_epochs", 0)
             if settings.on_epoch_start is not None:
                 settings.on_epoch_start(model, epoch)
             if info.enabled:

@@ -1,0 +1,165 @@
+"""`temde ablate`: T-EMDE's design choices measured inside SAF on real data, against the attention baseline.
+
+Each variant changes one thing from the default T-EMDE pool (relaxation, sketch size, temperature, fixed
+hyperplanes, shared module, output projection); every variant trains under the same seeds and budget and is scored
+on the test split. The cost axis is the pool's own forward time at the host shape (measured in the same run).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+# name -> (pooling, pool_options, model overrides, train-setting overrides). "temde" is the default configuration.
+VARIANTS: dict[str, tuple[str, dict, dict, dict]] = {
+    "attention": ("attention", {}, {}, {}),
+    "mean": ("mean", {}, {}, {}),
+    "temde": ("temde", {}, {}, {}),
+    "temde-gumbel": ("temde", {"relaxation": "gumbel"}, {}, {}),
+    "temde-straight-through": ("temde", {"relaxation": "straight_through"}, {}, {}),
+    "temde-bits4": ("temde", {"n_bits": 4}, {}, {}),
+    "temde-bits8": ("temde", {"n_bits": 8}, {}, {}),
+    "temde-parts8": ("temde", {"n_partitions": 8}, {}, {}),
+    "temde-parts32": ("temde", {"n_partitions": 32}, {}, {}),
+    "temde-tau0.3": ("temde", {"temperature": 0.3}, {}, {}),
+    "temde-anneal": ("temde", {}, {}, {"temperature_anneal": (1.0, 0.1)}),
+    "temde-fixed-planes": ("temde", {"learn_planes": False}, {}, {}),
+    "temde-shared": ("temde", {}, {"shared_pool": True}, {}),
+    "temde-proj": ("temde", {"out_dim": "embed"}, {}, {}),
+}
+
+
+@dataclass
+class AblationSettings:
+    data: str
+    out: str = "runs/ablate"
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    model: str = "saf-small"
+    epochs: int | None = None  # default: the preset's
+    word_vectors: str | None = "glove"
+    device: str = "cpu"
+    progress: bool = False
+
+
+def pool_options_for(name: str, embed_size: int) -> dict:
+    options = dict(VARIANTS[name][1])
+    return {k: (embed_size if v == "embed" else v) for k, v in options.items()}
+
+
+def pool_forward_ms(name: str, embed_size: int, device: str, batch: int = 128, tokens: int = 49) -> float:
+    """The variant's pool alone, forward, at the host's shape (B images x 49 regions x embed)."""
+    from temde.bench.timing import time_call
+    from temde.pooling import make_pool
+
+    pooling = VARIANTS[name][0]
+    options = pool_options_for(name, embed_size)
+    if pooling == "attention":
+        options["batchnorm"] = True
+    pool = make_pool(pooling, embed_size, **options).to(device).eval()
+    x = torch.randn(batch, tokens, embed_size, device=device)
+    mask = torch.ones(batch, tokens, dtype=torch.bool, device=device)
+    with torch.no_grad():
+        return 1e3 * time_call(lambda: pool(x, mask), torch.device(device), repeats=10, warmup=3)
+
+
+def run_variant(name: str, seed: int, s: AblationSettings) -> dict:
+    from temde.demo import evaluate_checkpoint
+    from temde.models import load_preset
+    from temde.training.loop import TrainSettings, train
+
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
+    pooling, _, model_overrides, train_overrides = VARIANTS[name]
+    embed = load_preset(s.model)["model"]["embed_size"]
+    run_dir = Path(s.out) / "runs" / f"{name}-seed{seed}"
+    settings = TrainSettings(
+        data=s.data, out=str(run_dir), model=s.model, pooling=pooling, pool_options=pool_options_for(name, embed),
+        model_overrides=dict(model_overrides), epochs=s.epochs, seed=seed, device=s.device,
+        resume=(run_dir / "last.pt").is_file(), progress=s.progress, word_vectors=s.word_vectors,
+        validate_data=False, **train_overrides)
+    result = train(settings)
+    metrics, _, _ = evaluate_checkpoint(run_dir / "best.pt", Path(s.data), "test", s.device)
+    return {"variant": name, "seed": seed, "test_rsum": metrics["rsum"], "best_dev_rsum": result["best_rsum"],
+            "train_seconds": result["train_seconds"], **{k: metrics[k] for k in ("i2t_r1", "t2i_r1")}}
+
+
+def run_ablation(s: AblationSettings, log: Callable[[str], None] = print) -> list[dict]:
+    from temde.models import load_preset
+
+    embed = load_preset(s.model)["model"]["embed_size"]
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in s.variants:
+        cost = pool_forward_ms(name, embed, s.device)
+        for seed in s.seeds:
+            start = time.perf_counter()
+            row = run_variant(name, seed, s)
+            row["pool_forward_ms"] = cost
+            rows.append(row)
+            log(f"{name:24s} seed {seed}: test rsum {row['test_rsum']:6.1f}  (dev {row['best_dev_rsum']:6.1f}, "
+                f"{time.perf_counter() - start:.0f} s)")
+            write_csv(rows, out / "ablation.csv")  # after every run: a long ablation can be stopped and read
+    plot_ablation(rows, out / "ablation.png")
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    by: dict[str, list[dict]] = {}
+    for row in rows:
+        by.setdefault(row["variant"], []).append(row)
+    summary = []
+    for name, group in by.items():
+        values = [r["test_rsum"] for r in group]
+        summary.append({"variant": name, "seeds": len(group), "rsum_mean": statistics.fmean(values),
+                        "rsum_std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                        "pool_forward_ms": group[0]["pool_forward_ms"],
+                        "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in group)})
+    return summary
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def format_summary(rows: list[dict]) -> str:
+    lines = ["| variant | seeds | test rsum (mean ± std) | pool fwd ms | train s |", "|---|---|---|---|---|"]
+    for r in sorted(summarise(rows), key=lambda r: -r["rsum_mean"]):
+        lines.append(f"| {r['variant']} | {r['seeds']} | {r['rsum_mean']:.1f} ± {r['rsum_std']:.1f} | "
+                     f"{r['pool_forward_ms']:.2f} | {r['train_seconds_mean']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot_ablation(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in summarise(rows):
+        colour = "tab:blue" if r["variant"] == "attention" else "tab:gray" if r["variant"] == "mean" else "tab:orange"
+        ax.errorbar(r["pool_forward_ms"], r["rsum_mean"], yerr=r["rsum_std"], fmt="o", color=colour, capsize=3)
+        ax.annotate(r["variant"], (r["pool_forward_ms"], r["rsum_mean"]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set(xlabel="pool forward time, ms (B=128, 49 tokens, log scale)", ylabel="test rsum (mean ± std over seeds)",
+           title="T-EMDE ablation inside SAF on the default data")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
