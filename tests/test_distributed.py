@@ -47,8 +47,8 @@ def one_thread():
 
 # No BatchNorm (SGR head, temde/mean pooling) and no dropout: the only differences left are float rounding.
 TINY = dict(model="sgr-small", embed_size=16, model_overrides={"sim_dim": 8, "word_dim": 8, "word_dropout": 0.0},
-            lr=1e-3, progress=False, log_every=1, device="cpu")
-CLI_TINY = ["--model", "sgr-small", "--embed-size", "16", "--set", "sim_dim=8", "--set", "word_dim=8",
+            lr=1e-3, max_violation=True, progress=False, log_every=1, device="cpu")  # SGRAF's loss, as calibrated
+CLI_TINY = ["--model", "sgr-small", "--hardest-negatives", "--embed-size", "16", "--set", "sim_dim=8", "--set", "word_dim=8",
             "--set", "word_dropout=0", "--lr", "1e-3", "--log-every", "1", "--device", "cpu", "--quiet"]
 
 

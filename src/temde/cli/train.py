@@ -42,7 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-update", type=int, help="epochs between lr x0.1 decays")
     p.add_argument("--margin", type=float)
     p.add_argument("--grad-clip", type=float)
-    p.add_argument("--all-negatives", action="store_true", help="sum the loss over all negatives, not the hardest")
+    negatives = p.add_mutually_exclusive_group()
+    negatives.add_argument("--all-negatives", dest="max_violation", action="store_const", const=False,
+                           help="sum the loss over all negatives (the small presets' default)")
+    negatives.add_argument("--hardest-negatives", dest="max_violation", action="store_const", const=True,
+                           help="VSE++ hardest negative per row and column (SGRAF's, the f30k/coco presets' default)")
     p.add_argument("--global-loss", type=float, default=0.0, metavar="W",
                    help="add W x the VSE++ loss on inner products of the global vectors (what the two-stage "
                         "index ranks by); default 0 = off")
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         pool_options=dict(args.pool_option) if args.pool_option else None, embed_size=args.embed_size,
         model_overrides=dict(args.model_set), epochs=args.epochs, lr=args.lr, lr_update=args.lr_update,
         batch_size=args.batch_size, margin=args.margin, grad_clip=args.grad_clip,
-        max_violation=False if args.all_negatives else None, warmup_epochs=args.warmup_epochs, global_loss=args.global_loss, seed=args.seed,
+        max_violation=args.max_violation, warmup_epochs=args.warmup_epochs, global_loss=args.global_loss, seed=args.seed,
         workers=args.workers, device=device,
         resume=args.resume, amp=args.amp, amp_dtype=args.amp_dtype, log_every=args.log_every,
         tensorboard=args.tensorboard, progress=not args.quiet, max_steps_per_epoch=args.max_steps_per_epoch,
