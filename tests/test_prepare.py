@@ -418,6 +418,15 @@ def test_make_captions_drops_boilerplate_and_junk():
     assert len(kept4) == 6
 
 
+def test_long_captions_keep_their_first_words_and_cut_keywords_first():
+    description = " ".join(f"d{i}" for i in range(20))  # 20 words: the description cap keeps 12
+    item = _item("png/long.png", title="Big red barn", description=description,
+                 keywords=("farm", "building", "rural", "wood"))
+    (kept_item, caption, _), = oc.make_captions([item])[0]
+    expected = ["Big", "red", "barn."] + [f"d{i}" for i in range(11)] + ["d11.", "farm,", "building,", "rural"]
+    assert caption.split() == expected[:oc.MAX_CAPTION_WORDS] and len(caption.split()) == 18
+
+
 def test_deterministic_subset_is_stable_and_keeps_order():
     kept = [(_item(f"png/{i}.png", title="t"), "c", ["t"]) for i in range(50)]
     subset = oc.deterministic_subset(kept, 10)

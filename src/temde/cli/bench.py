@@ -49,6 +49,10 @@ def register(sub) -> None:
     model.add_argument("--repeats", type=int, default=3)
     model.set_defaults(run=run_model)
 
+    from temde.bench.index import add_index_bench_parsers  # light: FAISS is imported when a command runs
+
+    add_index_bench_parsers(bench_sub)
+
 
 def resolve_device(name: str | None):
     import torch

@@ -15,6 +15,7 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the preset's, 15)")
     p.add_argument("--limit", type=int, default=None, help="openclipart subset size (default: 1200 with --quick)")
     p.add_argument("--word-vectors", default="glove", help='"glove" (default), a GloVe text file, or "none"')
+    p.add_argument("--global-loss", type=float, default=1.0, help="weight of the global-vector matching loss")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
@@ -29,7 +30,7 @@ def run(args) -> int:
     settings = DemoSettings(
         out=args.out, quick=args.quick, data=args.data, cache=args.cache, model=args.model,
         poolings=[p for p in args.poolings.split(",") if p], seeds=seeds, epochs=args.epochs, limit=args.limit,
-        word_vectors=None if args.word_vectors == "none" else args.word_vectors,
+        word_vectors=None if args.word_vectors == "none" else args.word_vectors, global_loss=args.global_loss,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), progress=not args.quiet)
     run_demo(settings)
     return 0

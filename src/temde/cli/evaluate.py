@@ -16,6 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     folds.add_argument("--fold5", action="store_true", help="mean over 5 folds of the images (COCO 1K)")
     folds.add_argument("--folds", type=int, help="mean over this many folds")
     p.add_argument("--json", metavar="OUT", help="also write the metrics as JSON")
+    p.add_argument("--two-stage", action="store_true",
+                   help="also evaluate two-stage retrieval (global-vector short list, model re-rank) and time it")
+    p.add_argument("--rerank", type=int, default=100, help="short-list size of --two-stage (default 100)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=int, default=128, help="encoding batch size")
     p.add_argument("--image-block", type=int, default=64, help="images per scoring block")
@@ -55,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     split = load_split(args.data, args.split)
+    if args.two_stage:
+        return run_two_stage(args, split, device)
     sims = ensemble_scores(args.checkpoint, split, device, args.batch_size, args.image_block, args.caption_block)
     k = split.captions_per_image
     folds = 5 if args.fold5 else args.folds
@@ -79,4 +84,39 @@ def run(args: argparse.Namespace) -> int:
                   "per_fold": per_fold, "chance_rsum": chance_rsum(n_eval, k)}
         with atomic_write(args.json) as handle:
             json.dump(report, handle, indent=2)
+    return 0
+
+
+def run_two_stage(args: argparse.Namespace, split, device) -> int:
+    """Two-stage recall and wall time next to full scoring, for one checkpoint."""
+    from temde.data.vocab import atomic_write
+    from temde.errors import TemdeError
+    from temde.evaluation import format_metrics
+    from temde.index.two_stage import two_stage_evaluate
+    from temde.training.checkpoint import load_checkpoint, restore_model, restore_vocab
+
+    if len(args.checkpoint) != 1:
+        raise TemdeError("--two-stage evaluates one checkpoint (an ensemble has no single global vector)")
+    if args.rerank < 1:
+        raise TemdeError(f"--rerank must be >= 1, got {args.rerank}")
+    checkpoint = load_checkpoint(args.checkpoint[0])
+    model = restore_model(checkpoint, device)
+    folds = 5 if args.fold5 else args.folds
+    try:
+        result = two_stage_evaluate(model, split, restore_vocab(checkpoint), args.rerank, device, args.batch_size,
+                                    folds=folds, image_block=args.image_block, caption_block=args.caption_block)
+    except ValueError as exc:
+        raise TemdeError(str(exc)) from None
+    print(f"{split.name}: {split.n_images} images, two-stage with short lists of {args.rerank}")
+    print("full scoring:  " + format_metrics(result["full"]).replace("\n", "\n               "))
+    print("two-stage:     " + format_metrics(result).replace("\n", "\n               "))
+    print(f"rsum {result['rsum']:.1f} vs {result['full']['rsum']:.1f} full "
+          f"({100 * (result['rsum'] / result['full']['rsum'] - 1):+.1f} %); short lists hold the true item for "
+          f"{result['t2i_shortlist_recall']:.1f} % of text queries, {result['i2t_shortlist_recall']:.1f} % of image "
+          f"queries; scoring {result['full_seconds']:.2f} s full vs {result['two_stage_seconds']:.2f} s two-stage "
+          f"({result['speedup']:.1f}x, encoding excluded)")
+    if args.json:
+        with atomic_write(args.json) as handle:
+            json.dump({"checkpoint": args.checkpoint[0], "data": str(args.data), "split": split.name,
+                       "two_stage": {k: v for k, v in result.items() if k != "folds"}}, handle, indent=2)
     return 0
