@@ -12,7 +12,9 @@ def register(sub) -> None:
     p.add_argument("--model", default="saf-small")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the preset's)")
     p.add_argument("--word-vectors", default="glove", help='"glove" (default), a GloVe text file, or "none"')
+    p.add_argument("--dev-subset", type=int, default=250, help="select the best epoch on the first N dev images")
     p.add_argument("--device", default=None)
+    p.add_argument("--merge", nargs="+", metavar="DIR", help="combine the ablation.csv of these folders into --out")
     p.add_argument("--list", action="store_true", help="list the variants and exit")
     p.set_defaults(run=run)
 
@@ -29,6 +31,13 @@ def run(args) -> int:
         for name, (pooling, options, model, train) in VARIANTS.items():
             print(f"{name:24s} pooling={pooling} {options or ''} {model or ''} {train or ''}")
         return 0
+    if args.merge:
+        from temde.bench.ablate import merge
+
+        rows = merge(args.merge, Path(args.out))
+        print(format_summary(rows))
+        print(f"wrote {Path(args.out) / 'ablation.csv'} and {Path(args.out) / 'ablation.png'}")
+        return 0
     data = args.data
     if data is None:
         from temde.features import default_cache_root
@@ -43,6 +52,7 @@ def run(args) -> int:
     settings = AblationSettings(
         data=data, out=args.out, variants=variants, seeds=[int(s) for s in args.seeds.split(",")], model=args.model,
         epochs=args.epochs, word_vectors=None if args.word_vectors == "none" else args.word_vectors,
+        dev_subset=args.dev_subset,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = run_ablation(settings)
     print(format_summary(rows))
