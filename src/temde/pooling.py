@@ -20,8 +20,8 @@ from temde.sketch.temde import TEMDE
 from temde.sketch.validation import check_tokens, masked_mean
 
 
-def _xavier_linear(in_dim: int, out_dim: int) -> nn.Linear:
-    """Linear layer initialised as SGRAF does: uniform(+-sqrt(6 / (in + out))), zero bias."""
+def xavier_linear(in_dim: int, out_dim: int) -> nn.Linear:
+    """Linear initialised as SGRAF does everywhere: uniform(+-sqrt(6 / (in + out))), zero bias."""
     layer = nn.Linear(in_dim, out_dim)
     bound = math.sqrt(6.0) / math.sqrt(in_dim + out_dim)
     nn.init.uniform_(layer.weight, -bound, bound)
@@ -56,12 +56,12 @@ class AttentionPool(nn.Module):
     def __init__(self, dim: int, batchnorm: bool = False, dropout: float = 0.4):
         super().__init__()
         self.dim = self.out_dim = dim
-        self.local_linear = _xavier_linear(dim, dim)
-        self.global_linear = _xavier_linear(dim, dim)
+        self.local_linear = xavier_linear(dim, dim)
+        self.global_linear = xavier_linear(dim, dim)
         self.local_norm = MaskedBatchNorm(dim) if batchnorm else None
         self.global_norm = nn.BatchNorm1d(dim) if batchnorm else None
         self.dropout = nn.Dropout(dropout)
-        self.score = _xavier_linear(dim, 1)
+        self.score = xavier_linear(dim, 1)
 
     def forward(self, local: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         mask = check_tokens(local, mask, self.dim)

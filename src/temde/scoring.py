@@ -20,7 +20,7 @@ from temde.models.retrieval import RetrievalModel
 
 
 @contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
+def evaluating(model: nn.Module) -> Iterator[None]:
     """eval mode and no autograd for the duration, then the model's previous mode back."""
     was_training = model.training
     model.eval()
@@ -45,7 +45,7 @@ def encode_images(model: RetrievalModel, images: np.ndarray | torch.Tensor, batc
     device = _model_device(model, device)
     dtype = model.image_encoder.fc.weight.dtype  # float32 features feed a float64 model too (tests)
     parts = []
-    with _evaluating(model):
+    with evaluating(model):
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             chunk = torch.as_tensor(np.array(chunk, dtype=np.float32) if isinstance(chunk, np.ndarray) else chunk)
@@ -62,7 +62,7 @@ def encode_captions(model: RetrievalModel, tokens: torch.Tensor, lengths: torch.
     device = _model_device(model, device)
     lengths = torch.as_tensor(lengths)
     parts = []
-    with _evaluating(model):
+    with evaluating(model):
         for start in range(0, len(tokens), batch_size):
             batch_lengths = lengths[start:start + batch_size]
             batch_tokens = tokens[start:start + batch_size, :int(batch_lengths.max())]
@@ -95,7 +95,7 @@ def score_matrix(model: RetrievalModel, img: Encoded, cap: Encoded, image_block:
     device = _model_device(model, device)
     scores = np.empty((len(img), len(cap)), dtype=dtype)
     order = torch.argsort(cap.mask.sum(1).cpu(), stable=True)
-    with _evaluating(model):
+    with evaluating(model):
         img_on_device = img.to(device)
         for c_start in range(0, len(cap), caption_block):
             columns = order[c_start:c_start + caption_block]
@@ -149,7 +149,7 @@ def loop_score_matrix(model: RetrievalModel, img: Encoded, cap: Encoded,
     caption_pool = model.pools[1]
     sim, head = model.similarity, model.head
     columns = []
-    with _evaluating(model):
+    with evaluating(model):
         img = img.to(device)
         n_img = len(img)
         for i in range(len(cap)):

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,22 +31,11 @@ from temde.errors import CheckpointError, DataError, TemdeError
 from temde.index.store import (IndexDirectory, IndexOptions, VectorIndex, load_index_directory, model_fingerprint,
                                normalize_rows, read_meta, save_index_directory)
 from temde.models.encoders import Encoded
+from temde.scoring import evaluating
 
 
 class QueryError(TemdeError, ValueError):
     """A search query that cannot be answered (empty text, unknown image id, k/rerank out of range)."""
-
-
-@contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """eval mode and no autograd for the duration, then the model's previous mode back."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _device_of(model: nn.Module, device: torch.device | str | None) -> torch.device:
@@ -90,7 +78,7 @@ def rerank_captions_queries(model: nn.Module, img: Encoded, cap: Encoded, shortl
         raise ValueError(f"shortlists must be [n_captions={len(cap)}, K], got {tuple(shortlists.shape)}")
     device = _device_of(model, device)
     out = torch.empty(shortlists.shape, dtype=torch.float32)
-    with _evaluating(model):
+    with evaluating(model):
         img_on_device = img.to(device)
         shortlists_on_device = shortlists.to(device)
         for j in range(len(cap)):
@@ -106,7 +94,7 @@ def rerank_images_queries(model: nn.Module, img: Encoded, cap: Encoded, shortlis
         raise ValueError(f"shortlists must be [n_images={len(img)}, K], got {tuple(shortlists.shape)}")
     device = _device_of(model, device)
     out = torch.empty(shortlists.shape, dtype=torch.float32)
-    with _evaluating(model):
+    with evaluating(model):
         cap_on_device = cap.to(device)
         shortlists_on_device = shortlists.to(device)
         for i in range(len(img)):
@@ -437,7 +425,7 @@ class Searcher:
         model_scores = None
         if rerank:
             found = ids[ids >= 0]
-            with _evaluating(self.model):
+            with evaluating(self.model):
                 scored = self.model.score(self.encode_images(found).to(self.device), query.to(self.device))
             model_scores = torch.full((len(ids),), -np.inf)
             model_scores[torch.as_tensor(ids >= 0)] = scored[:, 0].float().cpu()
@@ -458,7 +446,7 @@ class Searcher:
             found = ids[ids >= 0]
             texts = [self.split.captions[i] for i in found]
             candidates = _encode_caption_texts(self.model, texts, self.vocab, self.batch_size, self.device)
-            with _evaluating(self.model):
+            with evaluating(self.model):
                 scored = self.model.score(query.to(self.device), candidates.to(self.device))
             model_scores = torch.full((len(ids),), -np.inf)
             model_scores[torch.as_tensor(ids >= 0)] = scored[0].float().cpu()

@@ -2,26 +2,18 @@
 (local, mask, global) triple that every later stage (alignment, heads, scoring, index) consumes."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from temde.pooling import xavier_linear  # noqa: F401  (SGRAF's initialisation, shared with the pools)
+
 
 def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     """SGRAF's x / (||x|| + eps). vector_norm's backward is finite at zero vectors (padding), unlike sqrt(sum x^2)."""
     return x / (torch.linalg.vector_norm(x, dim=dim, keepdim=True) + eps)
-
-
-def xavier_linear(in_dim: int, out_dim: int) -> nn.Linear:
-    """Linear initialised as SGRAF does everywhere: uniform(+-sqrt(6 / (in + out))), zero bias."""
-    layer = nn.Linear(in_dim, out_dim)
-    bound = math.sqrt(6.0) / math.sqrt(in_dim + out_dim)
-    nn.init.uniform_(layer.weight, -bound, bound)
-    nn.init.zeros_(layer.bias)
-    return layer
 
 
 @dataclass
