@@ -100,9 +100,16 @@ def setup(device: str | torch.device) -> tuple[DistInfo, torch.device]:
     return DistInfo(rank, world, local, owns), device
 
 
-def teardown(info: DistInfo) -> None:
+def teardown(info: DistInfo, clean: bool = True) -> None:
+    """Leave the process group. After a clean run every rank waits for the others first: a rank that tears down
+    while its peer still talks to it makes gloo's I/O thread abort the peer ("terminate called without an active
+    exception", seen in CI). After an error there is no barrier, since the other ranks may never reach it."""
     if info.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if clean:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 # ---- data: the same global batches as single-process training, one shard per rank -------------------------

@@ -347,9 +347,12 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     settings.validate()
     info, device = distributed.setup(settings.device)
     try:
-        return _train(settings, info, device)
-    finally:
-        distributed.teardown(info)
+        result = _train(settings, info, device)
+    except BaseException:
+        distributed.teardown(info, clean=False)  # no barrier: the other ranks may never reach one
+        raise
+    distributed.teardown(info, clean=True)
+    return result
 
 
 def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dict[str, Any]:
