@@ -87,9 +87,8 @@ class PrecompSplit:
 
 # ---------------------------------------------------------------- reading
 
-def read_captions(path: str | os.PathLike) -> list[str]:
-    """One caption per line, UTF-8; a bad byte or an empty line is a DataError with its line number."""
-    path = Path(path)
+def read_utf8_text(path: Path) -> str:
+    """A caption file's text; missing, unreadable or invalid UTF-8 (with its line number) is a DataError."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -97,10 +96,16 @@ def read_captions(path: str | os.PathLike) -> list[str]:
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        text = raw.decode("utf-8-sig")  # -sig: tolerate a byte-order mark written by some editors
+        return raw.decode("utf-8-sig")  # -sig: tolerate a byte-order mark written by some editors
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise DataError(f"{path}: line {line} is not valid UTF-8 ({exc.reason})") from None
+
+
+def read_captions(path: str | os.PathLike) -> list[str]:
+    """One caption per line, UTF-8; a bad byte or an empty line is a DataError with its line number."""
+    path = Path(path)
+    text = read_utf8_text(path)
     # Split on "\n" only: str.splitlines would also split on characters such as U+2028 inside a caption.
     lines = text.split("\n")
     if lines and lines[-1] == "":

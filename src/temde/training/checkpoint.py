@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from temde.data.vocab import atomic_write
 from temde.errors import CheckpointError
 
 FORMAT = "temde-checkpoint"
@@ -44,17 +44,8 @@ def save_checkpoint(
         "vocab": vocab,
         "extra": dict(extra or {}),
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with atomic_write(path, binary=True) as handle:  # temporary file, fsync, rename: a kill leaves no half file
+        torch.save(payload, handle)
     _fsync_dir(path.parent)
     return path
 

@@ -39,18 +39,10 @@ def read_caption_table(path: str | os.PathLike) -> CaptionTable:
     Every line is checked before anything is used, and captions are keyed by their own line's image name, so
     a bad line can never shift captions against images.
     """
+    from temde.data.precomp import read_utf8_text
+
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: caption file not found") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}: line {line} is not valid UTF-8") from None
+    text = read_utf8_text(path)
     table = CaptionTable(path)
     index_of: dict[str, int] = {}
     for number, line in enumerate(text.split("\n"), start=1):
