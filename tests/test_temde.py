@@ -79,10 +79,63 @@ def test_output_shape_normalisation_and_projection():
     torch.testing.assert_close(y.norm(dim=-1), torch.ones(4))
 
 
+def test_residual_adds_the_projected_sketch_to_the_token_mean():
+    x = tokens()
+    mask = torch.ones(4, 7, dtype=torch.bool)
+    mask[1, 3:] = False
+    module = TEMDE(12, n_partitions=3, n_bits=2, residual=True)
+    assert module.out_dim == 12
+    mean = torch.stack([x[b, mask[b]].mean(0) for b in range(4)])
+    # the sketch starts silent: the output is the normalised token mean
+    torch.testing.assert_close(module(x, mask), mean / mean.norm(dim=-1, keepdim=True))
+    with torch.no_grad():
+        module.sketch_gain.fill_(0.7)
+    # independent computation: per-token sigmoid products summed over the real tokens, row-normalised, projected
+    z = torch.sigmoid(module.plane_distances(x))  # [B, L, N, K]
+    p = torch.stack([(1 - z[..., 0]) * (1 - z[..., 1]), (1 - z[..., 0]) * z[..., 1],
+                     z[..., 0] * (1 - z[..., 1]), z[..., 0] * z[..., 1]], dim=-1)
+    hist = (p * mask[..., None, None]).sum(1)
+    hist = hist / hist.norm(dim=-1, keepdim=True)
+    expected = 0.7 * module.proj(hist.flatten(1)) + mean
+    torch.testing.assert_close(module(x, mask), expected / expected.norm(dim=-1, keepdim=True))
+    with pytest.raises(ValueError, match="out_dim"):
+        TEMDE(12, residual=True, out_dim=5)
+
+
+def test_token_weights_and_power_follow_a_loop_reference():
+    x = tokens()
+    mask = torch.ones(4, 7, dtype=torch.bool)
+    mask[2, 4:] = False
+    mask[3] = False  # an empty set stays the zero sketch
+    module = TEMDE(12, n_partitions=2, n_bits=3, token_weights=True, power=0.5)
+    with torch.no_grad():
+        module.gate.weight.normal_(generator=torch.Generator().manual_seed(5))
+    p = module.assignments(x)  # [B, L, N, W], checked against bit sigmoids elsewhere
+    rows = []
+    for b in range(4):
+        counts = torch.zeros(2, 8)
+        for t in range(7):
+            if mask[b, t]:
+                counts += torch.sigmoid(x[b, t] @ module.gate.weight[0]) * p[b, t]
+        counts = counts.sqrt()
+        norms = counts.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        row = (counts / norms).flatten()
+        rows.append(row / row.norm().clamp_min(1e-12))
+    torch.testing.assert_close(module(x, mask), torch.stack(rows))
+    assert module(x, mask)[3].abs().sum() == 0
+    with pytest.raises(ValueError, match="power"):
+        TEMDE(12, power=0)
+
+
 @pytest.mark.parametrize("relaxation", RELAXATIONS)
 @pytest.mark.parametrize("learn_planes", [True, False])
 def test_every_parameter_and_the_input_get_a_gradient(relaxation, learn_planes):
-    module = TEMDE(12, n_partitions=3, n_bits=3, relaxation=relaxation, learn_planes=learn_planes, out_dim=8)
+    module = TEMDE(12, n_partitions=3, n_bits=3, relaxation=relaxation, learn_planes=learn_planes, out_dim=8,
+                   token_weights=True, power=0.5)
+    residual = TEMDE(12, n_partitions=3, n_bits=3, relaxation=relaxation, learn_planes=learn_planes, residual=True)
+    residual.train()
+    (residual(tokens()) * torch.randn(4, 12)).sum().backward()
+    assert residual.sketch_gain.grad.abs() > 0  # a zero gain still learns
     module.train()
     x = tokens().requires_grad_()
     (module(x) * torch.randn(4, 8)).sum().backward()

@@ -1,6 +1,7 @@
 """Figures and the markdown report of `temde demo`: training curves, retrieval examples, sketch histograms."""
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -42,7 +43,7 @@ def plot_curves(results: dict, path: Path) -> str:
             ax_loss.plot(epochs, [h["train_loss"] for h in run["history"]], color=colour, alpha=0.8, label=label)
     ax_rsum.axhline(results["data"]["chance_rsum"], color="black", linestyle=":", label="chance")
     ax_rsum.set(xlabel="epoch", ylabel="dev rsum", title="dev rsum per epoch (one line per seed)")
-    ax_loss.set(xlabel="epoch", ylabel="mean VSE++ loss per batch", title="training loss")
+    ax_loss.set(xlabel="epoch", ylabel="mean triplet loss per batch", title="training loss")
     for ax in (ax_rsum, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -182,13 +183,14 @@ def write_report(results: dict, path: Path) -> None:
         "",
         f"Data: `{d['dir']}` — {d['train_images']} train / {d['dev_images']} dev / {d['test_images']} test images, "
         f"{d['captions_per_image']} caption(s) per image (leakage-free grouped split).",
-        f"Model: `{s['model']}` (SAF host), {s['epochs'] or 'preset'} epochs, word vectors: {s['word_vectors'] or 'random'}, "
+        f"Model: `{s['model']}` (SAF host), {s['epochs'] or 'preset'} epochs, word vectors: {s['word_vectors'] or 'learned from scratch'}, "
         f"seeds {s['seeds']} (mean ± std over seeds). Best epoch chosen by dev rsum; figures below are on test.",
+        f"Pool options: {json.dumps(s.get('pool_options') or {})} (`temde demo --temde-option KEY=VALUE` changes them).",
         "",
         format_table(results),
         "",
         f"Chance level: rsum {d['chance_rsum']:.1f} (random scores, {d['test_images']} images). "
-        "The linear dual encoder (mean-pooled regions + bag of words, cosine, same VSE++ loss and split) is the "
+        "The linear dual encoder (mean-pooled regions + bag of words, cosine, the same hinge loss over all negatives and the same split) is the "
         "floor: the gap to it is what SAF's local alignment and the global pooling add.",
         "",
     ]
@@ -197,6 +199,10 @@ def write_report(results: dict, path: Path) -> None:
         verdict = "≥" if t["mean"] >= a["mean"] else "<"
         lines += [f"T-EMDE rsum {t['mean']:.1f} {verdict} attention rsum {a['mean']:.1f} "
                   f"(difference {t['mean'] - a['mean']:+.1f}; seed std {t['std']:.1f} / {a['std']:.1f}).", ""]
+    floor = results["linear_dual_encoder"]["rsum"]["mean"]
+    relation = [f"{p} {results[p]['rsum']['mean']:.1f} {'>' if results[p]['rsum']['mean'] > floor else '≤'} {floor:.1f}"
+                for p in poolings]
+    lines += ["Against the linear dual encoder: " + "; ".join(relation) + ".", ""]
     lines += ["Latency: `ms/query` is one query scored against the whole pre-encoded test gallery "
               "(text→image: one caption vs every image; image→text: one image vs every caption).", ""]
     for name in results.get("figures", []):

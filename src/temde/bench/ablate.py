@@ -32,6 +32,9 @@ VARIANTS: dict[str, tuple[str, dict, dict, dict]] = {
     "temde-fixed-planes": ("temde", {"learn_planes": False}, {}, {}),
     "temde-shared": ("temde", {}, {"shared_pool": True}, {}),
     "temde-proj": ("temde", {"out_dim": "embed"}, {}, {}),
+    "temde-residual": ("temde", {"residual": True}, {}, {}),
+    "temde-gate": ("temde", {"token_weights": True}, {}, {}),
+    "temde-sqrt": ("temde", {"power": 0.5}, {}, {}),
 }
 
 
@@ -43,8 +46,9 @@ class AblationSettings:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     model: str = "saf-small"
     epochs: int | None = None  # default: the preset's
-    word_vectors: str | None = "glove"
+    word_vectors: str | None = None  # 300-d words from scratch beat GloVe 6B-50d (docs/ablations.md)
     dev_subset: int | None = 250  # model selection on the first 250 dev images: 4x cheaper per epoch
+    global_loss: float = 1.0  # as `temde demo` trains, so the ablation chooses the demo's defaults
     device: str = "cpu"
     progress: bool = False
 
@@ -84,7 +88,7 @@ def run_variant(name: str, seed: int, s: AblationSettings) -> dict:
         data=s.data, out=str(run_dir), model=s.model, pooling=pooling, pool_options=pool_options_for(name, embed),
         model_overrides=dict(model_overrides), epochs=s.epochs, seed=seed, device=s.device,
         resume=(run_dir / "last.pt").is_file(), progress=s.progress, word_vectors=s.word_vectors,
-        dev_subset=s.dev_subset, validate_data=False, **train_overrides)
+        dev_subset=s.dev_subset, global_loss=s.global_loss, validate_data=False, **train_overrides)
     result = train(settings)
     metrics, _, _ = evaluate_checkpoint(run_dir / "best.pt", Path(s.data), "test", s.device)
     return {"variant": name, "seed": seed, "test_rsum": metrics["rsum"], "best_dev_rsum": result["best_rsum"],

@@ -11,8 +11,11 @@ def register(sub) -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--model", default="saf-small")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the preset's)")
-    p.add_argument("--word-vectors", default="glove", help='"glove" (default), a GloVe text file, or "none"')
+    p.add_argument("--word-vectors", default="none",
+                   help='"none" (default: 300-d words learned from scratch), "glove" (GloVe 6B-50d) or a GloVe text file')
     p.add_argument("--dev-subset", type=int, default=250, help="select the best epoch on the first N dev images")
+    p.add_argument("--global-loss", type=float, default=1.0, metavar="W",
+                   help="weight of the global-vector matching loss (default 1.0, as `temde demo`; 0 = off)")
     p.add_argument("--device", default=None)
     p.add_argument("--merge", nargs="+", metavar="DIR", help="combine the ablation.csv of these folders into --out")
     p.add_argument("--list", action="store_true", help="list the variants and exit")
@@ -52,7 +55,7 @@ def run(args) -> int:
     settings = AblationSettings(
         data=data, out=args.out, variants=variants, seeds=[int(s) for s in args.seeds.split(",")], model=args.model,
         epochs=args.epochs, word_vectors=None if args.word_vectors == "none" else args.word_vectors,
-        dev_subset=args.dev_subset,
+        dev_subset=args.dev_subset, global_loss=args.global_loss,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = run_ablation(settings)
     print(format_summary(rows))

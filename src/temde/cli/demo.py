@@ -1,6 +1,8 @@
 """`temde demo`: prepare the default data, train SAF with attention and with T-EMDE pooling, compare."""
 from __future__ import annotations
 
+from temde.cli.train import _key_value
+
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="the main job: attention vs T-EMDE pooling on the default real data",
@@ -14,7 +16,10 @@ def register(sub) -> None:
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0 with --quick, else 0,1,2)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the preset's, 15)")
     p.add_argument("--limit", type=int, default=None, help="openclipart subset size (default: 1200 with --quick)")
-    p.add_argument("--word-vectors", default="glove", help='"glove" (default), a GloVe text file, or "none"')
+    p.add_argument("--word-vectors", default="none",
+                   help='"none" (default: 300-d words learned from scratch), "glove" (GloVe 6B-50d) or a GloVe text file')
+    p.add_argument("--temde-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="override one option of the demo's T-EMDE pool, e.g. residual=false or n_bits=4 (repeatable)")
     p.add_argument("--global-loss", type=float, default=1.0, help="weight of the global-vector matching loss")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -24,12 +29,13 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from temde.demo import DemoSettings, run_demo
+    from temde.demo import DEMO_TEMDE_OPTIONS, DemoSettings, run_demo
 
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else None
     settings = DemoSettings(
         out=args.out, quick=args.quick, data=args.data, cache=args.cache, model=args.model,
         poolings=[p for p in args.poolings.split(",") if p], seeds=seeds, epochs=args.epochs, limit=args.limit,
+        pool_options={"temde": {**DEMO_TEMDE_OPTIONS, **dict(args.temde_option)}},
         word_vectors=None if args.word_vectors == "none" else args.word_vectors, global_loss=args.global_loss,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), progress=not args.quiet)
     run_demo(settings)

@@ -18,7 +18,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from temde.sketch.emde import DLSH, bit_weights
-from temde.sketch.validation import check_tokens
+from temde.sketch.validation import check_tokens, masked_mean
 
 RELAXATIONS = ("sigmoid", "gumbel", "straight_through")
 
@@ -58,6 +58,15 @@ class TEMDE(nn.Module):
         learn_planes: train the hyperplanes and biases (False keeps the DLSH partitioning fixed; the sketch is
             still differentiable with respect to the tokens).
         out_dim: if set, a Linear from the flattened sketch (N * 2**K) to out_dim; else out_dim = N * 2**K.
+        residual: output mean(tokens) + g * proj(sketch), with out_dim = dim and a learned scalar g that starts
+            at 0. The output lives in the token space, as attention pooling's does (a weighted mean of the
+            tokens); the sketch adds the shape of the set's density on top of its centroid, and starting silent
+            it is only weighted in as far as training finds it useful.
+        token_weights: weight each token's contribution to the counts by a learned gate sigmoid(x . u)
+            (a weighted sketch, still linear in the tokens): lets the sketch discount tokens such as background
+            regions, which otherwise own most of the mass of every row.
+        power: counts ** power before the row normalisation (0.5: square-root, the usual remedy for bursty
+            histograms, where one dominant bucket flattens the rest after L2); 1 keeps the plain counts.
         seed: seed of the random hyperplane directions.
     """
 
@@ -70,6 +79,9 @@ class TEMDE(nn.Module):
         relaxation: str = "sigmoid",
         learn_planes: bool = True,
         out_dim: int | None = None,
+        residual: bool = False,
+        token_weights: bool = False,
+        power: float = 1.0,
         seed: int = 0,
     ):
         super().__init__()
@@ -81,7 +93,15 @@ class TEMDE(nn.Module):
             raise ValueError(f"n_partitions must be >= 1, got {n_partitions}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if residual and out_dim not in (None, dim):
+            raise ValueError(f"residual=True adds the sketch to the token mean: out_dim must be dim ({dim}), got {out_dim}")
+        if not 0 < power <= 1:
+            raise ValueError(f"power must be in (0, 1], got {power}")
+        if residual:
+            out_dim = dim
         self.dim = dim
+        self.power = float(power)
+        self.residual = residual
         self.n_partitions = n_partitions
         self.n_bits = n_bits
         self.relaxation = relaxation
@@ -107,6 +127,12 @@ class TEMDE(nn.Module):
         self.register_buffer("temperature", torch.tensor(float(temperature)))
         self.register_buffer("signs", code_signs(n_bits), persistent=False)
         self.proj = nn.Linear(self.sketch_dim, out_dim) if out_dim is not None else None
+        # No bias: scaling every token's weight alike cancels in the row normalisation, so a bias would have no
+        # gradient at the start. Zero weights start the gate as a uniform 1/2 per token.
+        self.sketch_gain = nn.Parameter(torch.zeros(())) if residual else None
+        self.gate = nn.Linear(dim, 1, bias=False) if token_weights else None
+        if self.gate is not None:
+            nn.init.zeros_(self.gate.weight)
 
     # ---- initialisation -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -186,22 +212,32 @@ class TEMDE(nn.Module):
         """Unnormalised soft counts `[B, N, 2**K]`: the masked sum of the tokens' bucket assignments."""
         mask = check_tokens(x, mask, self.dim)
         p = self.assignments(x)  # [B, L, N, W]
+        weights = mask.to(p.dtype)
+        if self.gate is not None:
+            weights = weights * torch.sigmoid(self.gate(x).squeeze(-1)).to(p.dtype)
         # A [B, 1, L] x [B, L, N*W] product: one pass over p, and padded tokens get weight 0.
-        counts = torch.bmm(mask.to(p.dtype).unsqueeze(1), p.flatten(2))
+        counts = torch.bmm(weights.unsqueeze(1), p.flatten(2))
         return counts.view(x.shape[0], self.n_partitions, -1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled sketch `[B, out_dim]`, L2-normalised. A row with no real token is the sketch of the empty set
         (a zero histogram): zeros without projection, the normalised projection bias with one. Never NaN."""
-        sketch = F.normalize(self.histogram(x, mask), p=2, dim=-1).flatten(1)
+        mask = check_tokens(x, mask, self.dim)
+        counts = self.histogram(x, mask)
+        if self.power != 1.0:  # the floor keeps the gradient of counts ** power finite near empty buckets
+            counts = torch.where(counts > 0, counts.clamp_min(1e-6) ** self.power, torch.zeros_like(counts))
+        sketch = F.normalize(counts, p=2, dim=-1).flatten(1)
         if self.proj is not None:
             sketch = self.proj(sketch)
+        if self.residual:
+            sketch = masked_mean(x, mask) + self.sketch_gain * sketch
         return F.normalize(sketch, p=2, dim=-1)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, n_partitions={self.n_partitions}, n_bits={self.n_bits}, "
                 f"temperature={float(self.temperature):g}, relaxation={self.relaxation!r}, "
-                f"learn_planes={self.learn_planes}, out_dim={self.out_dim}")
+                f"learn_planes={self.learn_planes}, out_dim={self.out_dim}, residual={self.residual}, "
+                f"token_weights={self.gate is not None}, power={self.power:g}")
 
 
 def default_temperature_schedule(start: float, end: float, steps: int, step: int) -> float:
