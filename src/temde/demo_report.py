@@ -178,7 +178,8 @@ def write_report(results: dict, path: Path) -> None:
     lines = [
         "# temde demo report",
         "",
-        f"Command: `temde demo{' --quick' if s['quick'] else ''} --out {s['out']}` — {m['date']}, "
+        f"Command: `temde demo{' --quick' if s['quick'] else ''}{' --data ' + s['data'] if s['data'] else ''} "
+        f"--out {s['out']}` — {m['date']}, "
         f"{m.get('gpu', m['cpu'])}, {m['threads']} torch threads, torch {m['torch']}, device `{m['device']}`.",
         "",
         f"Data: `{d['dir']}` — {d['train_images']} train / {d['dev_images']} dev / {d['test_images']} test images, "
