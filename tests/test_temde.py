@@ -79,6 +79,22 @@ def test_output_shape_normalisation_and_projection():
     torch.testing.assert_close(y.norm(dim=-1), torch.ones(4))
 
 
+@pytest.mark.parametrize("n_bits", [2, 3, 5, 6])
+def test_factorised_histogram_equals_the_sum_of_assignments(n_bits):
+    x = tokens(b=3, l=9, d=12, seed=n_bits)
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[0, 5:] = False
+    mask[2] = False
+    module = TEMDE(12, n_partitions=4, n_bits=n_bits, temperature=0.5).init_from_tokens(x, mask)
+    p = module.assignments(x)  # [B, L, N, W], checked against bit sigmoids elsewhere
+    expected = torch.zeros(3, 4, 2 ** n_bits)
+    for b in range(3):
+        for t in range(9):
+            if mask[b, t]:
+                expected[b] += p[b, t]
+    torch.testing.assert_close(module.histogram(x, mask), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_residual_adds_the_projected_sketch_to_the_token_mean():
     x = tokens()
     mask = torch.ones(4, 7, dtype=torch.bool)

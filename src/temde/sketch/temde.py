@@ -45,6 +45,15 @@ def expand_bits(bits: torch.Tensor) -> torch.Tensor:
     return (high.unsqueeze(-1) * low.unsqueeze(-2)).flatten(-2)
 
 
+def _code_factor(bits: torch.Tensor) -> torch.Tensor:
+    """Per-bit probabilities `[k, ...]` -> code probabilities `[2**k, ...]` (most significant bit first), with the
+    code axis first so each product runs over the long contiguous trailing axes."""
+    out = torch.stack([1 - bits[0], bits[0]])
+    for bit in bits[1:]:
+        out = (out.unsqueeze(1) * torch.stack([1 - bit, bit]).unsqueeze(0)).flatten(0, 1)
+    return out
+
+
 class TEMDE(nn.Module):
     """Trainable EMDE pooling: `forward(x [B, L, dim], mask [B, L]) -> [B, out_dim]`, L2-normalised rows.
 
@@ -209,15 +218,34 @@ class TEMDE(nn.Module):
         return hard + soft - soft.detach()
 
     def histogram(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Unnormalised soft counts `[B, N, 2**K]`: the masked sum of the tokens' bucket assignments."""
+        """Unnormalised soft counts `[B, N, 2**K]`: the (weighted) masked sum of the tokens' bucket assignments."""
         mask = check_tokens(x, mask, self.dim)
-        p = self.assignments(x)  # [B, L, N, W]
-        weights = mask.to(p.dtype)
+        weights = mask.to(x.dtype)
         if self.gate is not None:
-            weights = weights * torch.sigmoid(self.gate(x).squeeze(-1)).to(p.dtype)
+            weights = weights * torch.sigmoid(self.gate(x).squeeze(-1)).to(x.dtype)
+        if self.relaxation == "sigmoid" and self.n_bits >= 2:
+            return self._factorised_histogram(x, weights)
+        p = self.assignments(x)  # [B, L, N, W]
         # A [B, 1, L] x [B, L, N*W] product: one pass over p, and padded tokens get weight 0.
-        counts = torch.bmm(weights.unsqueeze(1), p.flatten(2))
+        counts = torch.bmm(weights.to(p.dtype).unsqueeze(1), p.flatten(2))
         return counts.view(x.shape[0], self.n_partitions, -1)
+
+    def _factorised_histogram(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The sigmoid-product histogram without materialising the `[B, L, N, 2**K]` assignments.
+
+        A token's code probability factorises over its high and low bits, p(c) = p_high(h) p_low(l), so the sum
+        over tokens is a matrix product per (set, partitioning): counts[h, l] = sum_t w_t p_high_t(h) p_low_t(l)
+        = (P_high^T diag(w) P_low)[h, l]. The factors have 2**(K/2) columns instead of 2**K, and the
+        factors are built with the tokens as the innermost (contiguous) axis, where the elementwise products
+        vectorise. At 128 sets x 36 tokens x 16 x 64 buckets this is ~3x faster than summing the assignments.
+        """
+        bits = torch.sigmoid(self.plane_distances(x))  # [B, L, N, K]
+        bits = bits.permute(3, 0, 2, 1).contiguous()  # [K, B, N, L]: tokens innermost
+        high = self.n_bits // 2
+        p_high = _code_factor(bits[:high]) * weights.to(bits.dtype)[None, :, None, :]  # [2**high, B, N, L]
+        p_low = _code_factor(bits[high:])  # [2**(K-high), B, N, L]
+        counts = torch.matmul(p_high.permute(1, 2, 0, 3), p_low.permute(1, 2, 3, 0))  # [B, N, 2**high, 2**low]
+        return counts.flatten(2)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled sketch `[B, out_dim]`, L2-normalised. A row with no real token is the sketch of the empty set
