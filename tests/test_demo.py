@@ -68,6 +68,9 @@ def test_demo_end_to_end_on_a_tiny_prepared_folder(tiny_data, tmp_path):
     assert evaluate(sims, 1)["rsum"] == pytest.approx(saved["temde"]["rsum"]["mean"])
     report = (out / "report.md").read_text()
     assert "| SAF + temde |" in report and "| chance |" in report
+    # the report states the score the models were trained with (saf-small adds the global cosine)
+    assert saved["variants"]["temde"]["model"]["global_score"] == 1.0
+    assert "Score: SAF's score + 1 × cosine(image global, caption global)" in report
     for figure in ("curves.png", "examples.png", "sketch.png"):
         assert (out / figure).stat().st_size > 10_000
         assert figure in results["figures"]

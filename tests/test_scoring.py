@@ -56,6 +56,30 @@ def test_batched_scores_equal_the_per_caption_loop_reference(head, pooling):
     np.testing.assert_allclose(batched, reference, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("pooling", ["attention", "temde"])
+def test_global_score_adds_the_cosine_of_the_global_vectors(pooling):
+    torch.manual_seed(0)
+    model = trained_like(tiny_model("saf", pooling, global_score=0.7).double())
+    images, tokens, lengths = data()
+    img, cap = encode_images(model, images), encode_captions(model, tokens, lengths, batch_size=3)
+    fused = score_matrix(model, img, cap, image_block=4, caption_block=3, dtype=np.float64)
+    np.testing.assert_allclose(fused, loop_score_matrix(model, img, cap, dtype=np.float64), rtol=0, atol=1e-12)
+    model.config.global_score = 0.0
+    head_only = score_matrix(model, img, cap, dtype=np.float64)
+    g_img, g_cap = img.global_.numpy(), cap.global_.numpy()
+    cosine = np.array([[a @ b / np.linalg.norm(a) / np.linalg.norm(b) for b in g_cap] for a in g_img])
+    assert np.ptp(cosine) > 1e-3
+    # 1e-7: the model divides by ||g|| + 1e-8 (SGRAF's l2norm), the reference by ||g|| exactly
+    np.testing.assert_allclose(fused, head_only + 0.7 * cosine, rtol=0, atol=1e-7)
+
+
+def test_global_score_must_be_a_non_negative_number():
+    from temde.models.config import ConfigError
+    for bad in (-0.5, "1", True, float("nan")):
+        with pytest.raises(ConfigError, match="global_score"):
+            tiny_model("saf", "mean", global_score=bad)
+
+
 def test_float32_scores_match_the_reference():
     torch.manual_seed(0)
     model = trained_like(tiny_model("saf", "temde"))

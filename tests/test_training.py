@@ -159,6 +159,36 @@ def test_cli_train_then_eval_and_ensemble(data_dir, tmp_path, capsys):
     assert "rsum" in capsys.readouterr().out
 
 
+def test_cli_eval_global_score_reweights_a_trained_checkpoint(data_dir, tmp_path, capsys):
+    assert cli_main(["train", "--data", str(data_dir), "--out", str(tmp_path / "a"), "--model", "saf-small",
+                     "--pooling", "mean", "--set", "global_score=0", "--epochs", "1", "--batch-size", "32",
+                     "--embed-size", "32", "--set", "sim_dim=16", "--set", "word_dim=16", "--train-subset", "32",
+                     "--dev-subset", "20", "--quiet"]) == 0
+    out = tmp_path / "metrics.json"
+    assert cli_main(["eval", "--checkpoint", str(tmp_path / "a" / "best.pt"), "--data", str(data_dir), "--split",
+                     "dev", "--global-score", "2.5", "--json", str(out), "--device", "cpu"]) == 0
+    report = json.loads(out.read_text())
+    # Independent computation: the checkpoint's own (head-only) scores plus 2.5 x the cosine of the globals.
+    split = load_split(data_dir, "dev")
+    ckpt = load_checkpoint(tmp_path / "a" / "best.pt")
+    assert ckpt["config"]["global_score"] == 0
+    model = restore_model(ckpt)
+    img, cap = encode_split(model, split, restore_vocab(ckpt), 64, "cpu")
+    head = score_matrix(model, img, cap, 64, 64, "cpu").astype(np.float64)
+    g_img, g_cap = img.global_.double().numpy(), cap.global_.double().numpy()
+    cosine = (g_img / np.linalg.norm(g_img, axis=1, keepdims=True)) @ \
+        (g_cap / np.linalg.norm(g_cap, axis=1, keepdims=True)).T
+    expected = evaluate(head + 2.5 * cosine, K)
+    assert report["global_score"] == 2.5
+    assert report["metrics"]["rsum"] == pytest.approx(expected["rsum"])
+    assert expected["rsum"] != pytest.approx(evaluate(head, K)["rsum"])  # the weight changed the ranking
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["eval", "--checkpoint", str(tmp_path / "a" / "best.pt"), "--data", str(data_dir),
+                  "--global-score", "-1"])
+    assert exc.value.code == 2 and "--global-score" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_line(data_dir, tmp_path, capsys):
     assert cli_main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()

@@ -170,6 +170,19 @@ def write_figures(results: dict, data_dir: Path, out: Path, device: str, log: Ca
     return figures
 
 
+def _recipe_lines(results: dict) -> list[str]:
+    """The score and the optimiser of the trained models, read from their saved configs (same for every pooling)."""
+    trained = [v for v in results.get("variants", {}).values() if "model" in v]
+    if not trained:
+        return []
+    model, train = trained[0]["model"], trained[0]["train"]
+    weight = model.get("global_score", 0.0)
+    score = (f"SAF's score + {weight:g} × cosine(image global, caption global) (`global_score`)" if weight
+             else "SAF's score")
+    return [f"Score: {score}; learning rate {train['learning_rate']:g}, {train['epochs']} epochs, "
+            f"batch {train['batch_size']}."]
+
+
 def write_report(results: dict, path: Path) -> None:
     from temde.demo import format_table
 
@@ -187,6 +200,7 @@ def write_report(results: dict, path: Path) -> None:
         f"Model: `{s['model']}` (SAF host), {s['epochs'] or 'preset'} epochs, word vectors: {s['word_vectors'] or 'learned from scratch'}, "
         f"seeds {s['seeds']} (mean ± std over seeds). Best epoch chosen by dev rsum; figures below are on test.",
         f"Pool options: {json.dumps(s.get('pool_options') or {})} (`temde demo --temde-option KEY=VALUE` changes them).",
+        *_recipe_lines(results),
         "",
         format_table(results),
         "",

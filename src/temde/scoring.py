@@ -142,8 +142,8 @@ def loop_score_matrix(model: RetrievalModel, img: Encoded, cap: Encoded,
     """REFERENCE ONLY: the score matrix computed as SGRAF does, one caption at a time in a Python loop.
 
     Each caption is sliced to its real words, its global vector is pooled from those words alone, and SCAN,
-    the similarity nodes and the head run on `[n_images, n_words (+1), ...]` without any mask. Same weights,
-    independent code path: `score_matrix` must agree with it.
+    the similarity nodes and the head run on `[n_images, n_words (+1), ...]` without any mask (and the optional
+    global cosine term is a per-image dot product). Same weights, independent code path: `score_matrix` must agree with it.
     """
     device = _model_device(model, device)
     caption_pool = model.pools[1]
@@ -162,5 +162,9 @@ def loop_score_matrix(model: RetrievalModel, img: Encoded, cap: Encoded,
             sim_glo = _sgraf_l2norm(sim.global_w(torch.pow(img.global_ - cap_global, 2)))
             sim_emb = torch.cat([sim_glo.unsqueeze(1), sim_loc], 1)
             vec = _sgraf_sgr(head, sim_emb) if isinstance(head, SGRHead) else _sgraf_saf(head, sim_emb)
-            columns.append(torch.sigmoid(head.out(vec)))
+            column = torch.sigmoid(head.out(vec))
+            if model.config.global_score:  # cosine of each image's global with this caption's, one at a time
+                cosine = torch.stack([torch.dot(_sgraf_l2norm(g), _sgraf_l2norm(cap_global[0])) for g in img.global_])
+                column = column + model.config.global_score * cosine.unsqueeze(1)
+            columns.append(column)
     return torch.cat(columns, 1).double().cpu().numpy().astype(dtype)

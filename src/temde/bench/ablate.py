@@ -35,6 +35,9 @@ VARIANTS: dict[str, tuple[str, dict, dict, dict]] = {
     "temde-residual": ("temde", {"residual": True}, {}, {}),
     "temde-gate": ("temde", {"token_weights": True}, {}, {}),
     "temde-sqrt": ("temde", {"power": 0.5}, {}, {}),
+    # SAF's own score alone, without the cosine of the global vectors the small presets add (global_score).
+    "attention-no-global-score": ("attention", {}, {"global_score": 0.0}, {}),
+    "temde-residual-no-global-score": ("temde", {"residual": True}, {"global_score": 0.0}, {}),
 }
 
 
@@ -47,7 +50,7 @@ class AblationSettings:
     model: str = "saf-small"
     epochs: int | None = None  # default: the preset's
     word_vectors: str | None = None  # 300-d words from scratch beat GloVe 6B-50d (docs/ablations.md)
-    dev_subset: int | None = 250  # model selection on the first 250 dev images: 4x cheaper per epoch
+    dev_subset: int | None = None  # model selection on the whole dev split, as `temde demo`
     global_loss: float = 1.0  # as `temde demo` trains, so the ablation chooses the demo's defaults
     device: str = "cpu"
     progress: bool = False

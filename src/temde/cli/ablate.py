@@ -13,7 +13,8 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the preset's)")
     p.add_argument("--word-vectors", default="none",
                    help='"none" (default: 300-d words learned from scratch), "glove" (GloVe 6B-50d) or a GloVe text file')
-    p.add_argument("--dev-subset", type=int, default=250, help="select the best epoch on the first N dev images")
+    p.add_argument("--dev-subset", type=int, default=None,
+                   help="select the best epoch on the first N dev images (default: all, as `temde demo`)")
     p.add_argument("--global-loss", type=float, default=1.0, metavar="W",
                    help="weight of the global-vector matching loss (default 1.0, as `temde demo`; 0 = off)")
     p.add_argument("--device", default=None)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--two-stage", action="store_true",
                    help="also evaluate two-stage retrieval (global-vector short list, model re-rank) and time it")
     p.add_argument("--rerank", type=int, default=100, help="short-list size of --two-stage (default 100)")
+    p.add_argument("--global-score", type=_weight, metavar="W",
+                   help="score with W x the cosine of the global vectors added to the head's score, instead of the "
+                        "weight each checkpoint was trained with (re-weighting needs no retraining; choose W on dev)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=int, default=128, help="encoding batch size")
     p.add_argument("--image-block", type=int, default=64, help="images per scoring block")
@@ -26,12 +30,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def restore_scorer(checkpoint: dict, device, global_score: float | None = None):
+    """The checkpoint's model in eval mode; `global_score` (when given) replaces its config's weight."""
+    from temde.training.checkpoint import restore_model
+
+    model = restore_model(checkpoint, device)
+    if global_score is not None:
+        model.config.global_score = global_score
+    return model
+
+
 def ensemble_scores(checkpoints: list[str], split, device, batch_size: int = 128, image_block: int = 64,
-                    caption_block: int = 128):
+                    caption_block: int = 128, global_score: float | None = None):
     """Mean score matrix `[n_images, n_captions]` of the checkpoints on a PrecompSplit."""
     from temde.errors import DataError
     from temde.scoring import encode_split, score_matrix
-    from temde.training.checkpoint import load_checkpoint, restore_model, restore_vocab
+    from temde.training.checkpoint import load_checkpoint, restore_vocab
 
     total = None
     for path in checkpoints:
@@ -40,7 +64,7 @@ def ensemble_scores(checkpoints: list[str], split, device, batch_size: int = 128
         if img_dim != split.images.shape[2]:
             raise DataError(f"{split.image_path or split.name}: features have {split.images.shape[2]} dims but "
                             f"{path} was trained on {img_dim}")
-        model = restore_model(checkpoint, device)
+        model = restore_scorer(checkpoint, device, global_score)
         img, cap = encode_split(model, split, restore_vocab(checkpoint), batch_size, device)
         sims = score_matrix(model, img, cap, image_block, caption_block, device)
         total = sims.astype("float64") if total is None else total + sims
@@ -60,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     split = load_split(args.data, args.split)
     if args.two_stage:
         return run_two_stage(args, split, device)
-    sims = ensemble_scores(args.checkpoint, split, device, args.batch_size, args.image_block, args.caption_block)
+    sims = ensemble_scores(args.checkpoint, split, device, args.batch_size, args.image_block, args.caption_block,
+                           args.global_score)
     k = split.captions_per_image
     folds = 5 if args.fold5 else args.folds
     try:
@@ -80,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"chance rsum: {chance_rsum(n_eval, k):.1f}")
     if args.json:
         report = {"checkpoints": args.checkpoint, "data": str(args.data), "split": split.name,
+                  "global_score": args.global_score,
                   "n_images": split.n_images, "captions_per_image": k, "folds": folds, "metrics": result,
                   "per_fold": per_fold, "chance_rsum": chance_rsum(n_eval, k)}
         with atomic_write(args.json) as handle:
@@ -93,14 +119,14 @@ def run_two_stage(args: argparse.Namespace, split, device) -> int:
     from temde.errors import TemdeError
     from temde.evaluation import format_metrics
     from temde.index.two_stage import two_stage_evaluate
-    from temde.training.checkpoint import load_checkpoint, restore_model, restore_vocab
+    from temde.training.checkpoint import load_checkpoint, restore_vocab
 
     if len(args.checkpoint) != 1:
         raise TemdeError("--two-stage evaluates one checkpoint (an ensemble has no single global vector)")
     if args.rerank < 1:
         raise TemdeError(f"--rerank must be >= 1, got {args.rerank}")
     checkpoint = load_checkpoint(args.checkpoint[0])
-    model = restore_model(checkpoint, device)
+    model = restore_scorer(checkpoint, device, args.global_score)
     folds = 5 if args.fold5 else args.folds
     try:
         result = two_stage_evaluate(model, split, restore_vocab(checkpoint), args.rerank, device, args.batch_size,

@@ -36,6 +36,10 @@ class ModelConfig:
     sgr_steps: int = 3  # graph reasoning steps of the SGR head
     img_norm: bool = True  # L2-normalise each region embedding (SGRAF's default; --no_imgnorm turns it off)
     txt_norm: bool = True  # L2-normalise each word embedding
+    # Weight of the cosine of the two global vectors added to the head's score (0 = SGRAF's score). The head sees
+    # the globals only as one similarity node among a caption's word nodes; this term puts the pooled vectors
+    # straight into the ranking (the dual-encoder score of the same model).
+    global_score: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -62,6 +66,9 @@ class ModelConfig:
             raise ConfigError(f"vocab_size must be a positive integer or None, got {self.vocab_size!r}")
         if not 0.0 <= self.word_dropout < 1.0:
             raise ConfigError(f"word_dropout must be in [0, 1), got {self.word_dropout!r}")
+        if isinstance(self.global_score, bool) or not isinstance(self.global_score, (int, float)) \
+                or not self.global_score >= 0:
+            raise ConfigError(f"global_score must be a number >= 0, got {self.global_score!r}")
         if self.lambda_softmax <= 0:
             raise ConfigError(f"lambda_softmax must be > 0, got {self.lambda_softmax!r}")
 

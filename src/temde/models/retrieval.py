@@ -6,7 +6,7 @@ from torch import nn
 
 from temde.models.alignment import SimilarityEncoder
 from temde.models.config import ConfigError, ModelConfig
-from temde.models.encoders import Encoded, ImageEncoder, TextEncoder
+from temde.models.encoders import Encoded, ImageEncoder, TextEncoder, l2norm
 from temde.models.heads import make_head
 from temde.pooling import make_pool
 
@@ -19,7 +19,8 @@ def _build_pool(config: ModelConfig, images: bool) -> nn.Module:
 
 
 class RetrievalModel(nn.Module):
-    """Image-text matching model; `forward(images, image_mask, tokens, lengths)` -> `[B_img, B_cap]` scores.
+    """Image-text matching model; `forward(images, image_mask, tokens, lengths)` -> `[B_img, B_cap]` scores:
+    the head's score, plus `config.global_score` times the cosine of the two global vectors when that is set.
 
     Evaluation encodes each modality once (`encode_images`, `encode_captions`) and scores blocks of pairs with
     `score`, which handles every pair of a block in batched tensor code.
@@ -65,7 +66,10 @@ class RetrievalModel(nn.Module):
     def score(self, img: Encoded, cap: Encoded) -> torch.Tensor:
         """Scores `[n_img, n_cap]` of every pair; memory grows as n_img * n_cap * words * embed_size."""
         nodes, node_mask = self.similarity(img, cap)
-        return self.head(nodes, node_mask)
+        scores = self.head(nodes, node_mask)
+        if self.config.global_score:
+            scores = scores + self.config.global_score * (l2norm(img.global_) @ l2norm(cap.global_).t())
+        return scores
 
     def forward(self, images: torch.Tensor, image_mask: torch.Tensor | None, tokens: torch.Tensor,
                 lengths: torch.Tensor) -> torch.Tensor:
