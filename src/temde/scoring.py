@@ -143,7 +143,8 @@ def loop_score_matrix(model: RetrievalModel, img: Encoded, cap: Encoded,
 
     Each caption is sliced to its real words, its global vector is pooled from those words alone, and SCAN,
     the similarity nodes and the head run on `[n_images, n_words (+1), ...]` without any mask (and the optional
-    global cosine term is a per-image dot product). Same weights, independent code path: `score_matrix` must agree with it.
+    global cosine term is a per-image dot product). Same weights, independent code path: `score_matrix` must
+    agree with it.
     """
     device = _model_device(model, device)
     caption_pool = model.pools[1]
