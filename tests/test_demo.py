@@ -74,3 +74,15 @@ def test_demo_end_to_end_on_a_tiny_prepared_folder(tiny_data, tmp_path):
     for figure in ("curves.png", "examples.png", "sketch.png"):
         assert (out / figure).stat().st_size > 10_000
         assert figure in results["figures"]
+
+
+def test_report_calls_a_difference_within_noise_only_below_two_standard_errors():
+    from temde.demo import mean_std
+    from temde.demo_report import difference_note
+
+    a, b = mean_std([150.0, 154.0, 146.0]), mean_std([140.0, 141.0, 142.0])  # std 4 and 1, three seeds each
+    se = (16 / 3 + 1 / 3) ** 0.5  # 2.38, worked out by hand
+    assert difference_note(a, b) == f"difference +9.0 ± {se:.1f}, beyond noise"  # 9.0 > 2 x 2.38
+    close = mean_std([146.0, 147.0, 148.0])  # mean 147, std 1: -3.0 against a, |-3.0| < 2 x 2.38
+    assert difference_note(close, a) == f"difference -3.0 ± {se:.1f}, within noise"
+    assert difference_note(mean_std([150.0]), b) == "difference +9.0; one seed, noise not estimated"

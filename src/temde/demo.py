@@ -147,7 +147,7 @@ def evaluate_checkpoint(path: Path, data_dir: Path, split: str, device: str) -> 
     img, cap = encode_split(model, test, vocab, 128, device)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
-    sims = score_matrix(model, img, cap, 64, 128, device)
+    sims = score_matrix(model, img, cap, device=device)
     score_s = time.perf_counter() - start
     metrics = evaluate(sims, test.captions_per_image)
     metrics.update(encode_s=encode_s, score_matrix_s=score_s, **query_latency_ms(model, test, vocab, img, cap, device))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import textwrap
 from pathlib import Path
@@ -11,6 +12,19 @@ import numpy as np
 import torch
 
 POOLING_COLOURS = {"attention": "tab:blue", "temde": "tab:orange", "mha": "tab:green", "mean": "tab:gray"}
+
+
+def difference_note(a: dict, b: dict) -> str:
+    """'difference +D ± SE, within noise | beyond noise' for two mean_std summaries (a minus b).
+
+    SE is the standard error of a difference of two independent means over seeds; |D| < 2 SE reads "within noise".
+    With a single seed on either side there is no spread to judge by, and the note says so."""
+    diff = a["mean"] - b["mean"]
+    n_a, n_b = len(a.get("values", [])), len(b.get("values", []))
+    if n_a < 2 or n_b < 2:
+        return f"difference {diff:+.1f}; one seed, noise not estimated"
+    se = math.sqrt(a["std"] ** 2 / n_a + b["std"] ** 2 / n_b)
+    return f"difference {diff:+.1f} ± {se:.1f}, {'within' if abs(diff) < 2 * se else 'beyond'} noise"
 
 
 def _pyplot():
@@ -213,11 +227,16 @@ def write_report(results: dict, path: Path) -> None:
         a, t = results["attention"]["rsum"], results["temde"]["rsum"]
         verdict = "≥" if t["mean"] >= a["mean"] else "<"
         lines += [f"T-EMDE rsum {t['mean']:.1f} {verdict} attention rsum {a['mean']:.1f} "
-                  f"(difference {t['mean'] - a['mean']:+.1f}; seed std {t['std']:.1f} / {a['std']:.1f}).", ""]
-    floor = results["linear_dual_encoder"]["rsum"]["mean"]
-    relation = [f"{p} {results[p]['rsum']['mean']:.1f} {'>' if results[p]['rsum']['mean'] > floor else '≤'} {floor:.1f}"
-                for p in poolings]
-    lines += ["Against the linear dual encoder: " + "; ".join(relation) + ".", ""]
+                  f"({difference_note(t, a)}"
+                  + (f"; seed std {t['std']:.1f} / {a['std']:.1f}" if len(t.get("values", [])) > 1 else "")
+                  + ").", ""]
+    floor_rsum = results["linear_dual_encoder"]["rsum"]
+    floor = floor_rsum["mean"]
+    relation = [f"{p} {results[p]['rsum']['mean']:.1f} {'>' if results[p]['rsum']['mean'] > floor else '≤'} "
+                f"{floor:.1f} ({difference_note(results[p]['rsum'], floor_rsum)})" for p in poolings]
+    lines += ["Against the linear dual encoder: " + "; ".join(relation) + ".",
+              "A difference is called within noise when it is smaller than twice its standard error "
+              "(sqrt(std_a² / n_a + std_b² / n_b) over the seeds).", ""]
     lines += ["Latency: `ms/query` is one query scored against the whole pre-encoded test gallery "
               "(text→image: one caption vs every image; image→text: one image vs every caption).", ""]
     for name in results.get("figures", []):

@@ -14,7 +14,7 @@ def register(sub) -> None:
     p.add_argument("--model", default="saf-small", help="model preset (default saf-small)")
     p.add_argument("--poolings", default="attention,temde", help="comma-separated poolings to compare")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0 with --quick, else 0,1,2)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the preset's, 15)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the preset's)")
     p.add_argument("--limit", type=int, default=None, help="openclipart subset size (default: 1200 with --quick)")
     p.add_argument("--word-vectors", default="none",
                    help='"none" (default: 300-d words learned from scratch), "glove" (GloVe 6B-50d) or a GloVe text file')

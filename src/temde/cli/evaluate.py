@@ -25,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "weight each checkpoint was trained with (re-weighting needs no retraining; choose W on dev)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=int, default=128, help="encoding batch size")
-    p.add_argument("--image-block", type=int, default=64, help="images per scoring block")
-    p.add_argument("--caption-block", type=int, default=128, help="captions per scoring block")
+    # Block defaults live in temde.scoring (imported lazily: the CLI starts without torch).
+    p.add_argument("--image-block", type=int, help="images per scoring block (default 64; larger is faster on a GPU)")
+    p.add_argument("--caption-block", type=int, help="captions per scoring block (default 32)")
     p.set_defaults(run=run)
 
 
@@ -40,6 +41,14 @@ def _weight(text: str) -> float:
     return value
 
 
+def score_blocks(image_block: int | None, caption_block: int | None) -> tuple[int, int]:
+    """The score-matrix blocks to use: the given ones, temde.scoring's defaults where None."""
+    from temde.scoring import CAPTION_BLOCK, IMAGE_BLOCK
+
+    return (IMAGE_BLOCK if image_block is None else image_block,
+            CAPTION_BLOCK if caption_block is None else caption_block)
+
+
 def restore_scorer(checkpoint: dict, device, global_score: float | None = None):
     """The checkpoint's model in eval mode; `global_score` (when given) replaces its config's weight."""
     from temde.training.checkpoint import restore_model
@@ -50,8 +59,8 @@ def restore_scorer(checkpoint: dict, device, global_score: float | None = None):
     return model
 
 
-def ensemble_scores(checkpoints: list[str], split, device, batch_size: int = 128, image_block: int = 64,
-                    caption_block: int = 128, global_score: float | None = None):
+def ensemble_scores(checkpoints: list[str], split, device, batch_size: int = 128, image_block: int | None = None,
+                    caption_block: int | None = None, global_score: float | None = None):
     """Mean score matrix `[n_images, n_captions]` of the checkpoints on a PrecompSplit."""
     from temde.errors import DataError
     from temde.scoring import encode_split, score_matrix
@@ -66,7 +75,7 @@ def ensemble_scores(checkpoints: list[str], split, device, batch_size: int = 128
                             f"{path} was trained on {img_dim}")
         model = restore_scorer(checkpoint, device, global_score)
         img, cap = encode_split(model, split, restore_vocab(checkpoint), batch_size, device)
-        sims = score_matrix(model, img, cap, image_block, caption_block, device)
+        sims = score_matrix(model, img, cap, *score_blocks(image_block, caption_block), device)
         total = sims.astype("float64") if total is None else total + sims
         del model
     return total / len(checkpoints)
@@ -128,9 +137,10 @@ def run_two_stage(args: argparse.Namespace, split, device) -> int:
     checkpoint = load_checkpoint(args.checkpoint[0])
     model = restore_scorer(checkpoint, device, args.global_score)
     folds = 5 if args.fold5 else args.folds
+    image_block, caption_block = score_blocks(args.image_block, args.caption_block)
     try:
         result = two_stage_evaluate(model, split, restore_vocab(checkpoint), args.rerank, device, args.batch_size,
-                                    folds=folds, image_block=args.image_block, caption_block=args.caption_block)
+                                    folds=folds, image_block=image_block, caption_block=caption_block)
     except ValueError as exc:
         raise TemdeError(str(exc)) from None
     print(f"{split.name}: {split.n_images} images, two-stage with short lists of {args.rerank}")

@@ -31,7 +31,7 @@ from temde.errors import CheckpointError, DataError, TemdeError
 from temde.index.store import (IndexDirectory, IndexOptions, VectorIndex, load_index_directory, model_fingerprint,
                                normalize_rows, read_meta, save_index_directory)
 from temde.models.encoders import Encoded
-from temde.scoring import evaluating
+from temde.scoring import CAPTION_BLOCK, IMAGE_BLOCK, evaluating
 
 
 class QueryError(TemdeError, ValueError):
@@ -195,7 +195,8 @@ def _evaluate_encoded(model: nn.Module, img: Encoded, cap: Encoded, k: int, rera
 
 def two_stage_evaluate(model: nn.Module, split: PrecompSplit, vocab, rerank: int,
                        device: torch.device | str | None = None, batch_size: int = 128, compare_full: bool = True,
-                       folds: int | None = None, image_block: int = 64, caption_block: int = 64) -> dict[str, Any]:
+                       folds: int | None = None, image_block: int = IMAGE_BLOCK,
+                       caption_block: int = CAPTION_BLOCK) -> dict[str, Any]:
     """Evaluate `split` with two-stage retrieval (short lists of `rerank`) and, with `compare_full`, time the full
     score matrix on the same encodings. `folds` (COCO 1K: 5): evaluate each block of consecutive images alone and
     average the metrics, as `evaluation.evaluate_folds` does; times are summed over the folds.

@@ -25,6 +25,7 @@ from torch import nn
 
 from temde.errors import CheckpointError, DataError, TemdeError
 from temde.evaluation import evaluate
+from temde.scoring import CAPTION_BLOCK, IMAGE_BLOCK
 from temde.training import distributed
 from temde.training.checkpoint import load_checkpoint, restore_vocab, rng_state, save_checkpoint, set_rng_state
 from temde.training.distributed import DistInfo
@@ -78,8 +79,8 @@ class TrainSettings:
     dev_subset: int | None = None  # evaluate on the first N dev images only
     dev_split: str = "dev"
     eval_batch_size: int = 128
-    image_block: int = 64  # score_matrix block sizes for the dev evaluation
-    caption_block: int = 128
+    image_block: int = IMAGE_BLOCK  # score_matrix block sizes for the dev evaluation
+    caption_block: int = CAPTION_BLOCK
     init_pools: bool = True  # data-driven init of pools that offer it (T-EMDE median biases)
     temperature_anneal: tuple[float, float] | None = None  # T-EMDE temperature, geometric from start to end
     on_epoch_start: Callable[[nn.Module, int], None] | None = field(default=None, repr=False)  # custom hook
