@@ -38,7 +38,7 @@ class DemoSettings:
     # Options per pooling kind (make_pool keyword arguments), chosen by `temde ablate` (docs/ablations.md).
     pool_options: dict[str, dict[str, Any]] = field(default_factory=lambda: {"temde": dict(DEMO_TEMDE_OPTIONS)})
     seeds: list[int] | None = None  # default: [0] with --quick, [0, 1, 2] otherwise
-    epochs: int | None = None  # default: the model preset's (10 for saf-small)
+    epochs: int | None = None  # default: the model preset's (`temde models` lists them)
     limit: int | None = None  # openclipart subset; default: 1200 images with --quick, all otherwise
     word_vectors: str | None = None  # 300-d words from scratch beat GloVe 6B-50d (docs/ablations.md)
     # The auxiliary VSE++ loss on the inner products of the global vectors (what the two-stage index ranks by);
