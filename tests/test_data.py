@@ -211,23 +211,25 @@ def test_empty_split(tmp_path):
 
 # ---------------------------------------------------------------- tokenizer and vocabulary
 
-def test_tokenizer_examples():
-    assert tokenize("A dog, running!") == ["a", "dog", "running"]
-    assert tokenize("Two men's bikes; a T-shirt.") == ["two", "men's", "bikes", "a", "t", "shirt"]
-    assert tokenize("The man’s hat: 3 red CAFÉS") == ["the", "man's", "hat", "3", "red", "cafés"]
-    assert tokenize("  ...  ") == []
-    assert tokenize("snake_case 'quoted'") == ["snake", "case", "quoted"]
+def test_words_tokenizer_examples():
+    # The regex tokenizer (the previous default; the NLTK one is tested in test_tokenizer.py).
+    assert tokenize("A dog, running!", "words") == ["a", "dog", "running"]
+    assert tokenize("Two men's bikes; a T-shirt.", "words") == ["two", "men's", "bikes", "a", "t", "shirt"]
+    assert tokenize("The man’s hat: 3 red CAFÉS", "words") == ["the", "man's", "hat", "3", "red", "cafés"]
+    assert tokenize("  ...  ", "words") == []
+    assert tokenize("snake_case 'quoted'", "words") == ["snake", "case", "quoted"]
 
 
 def test_vocab_build_encode_decode():
-    vocab = Vocabulary.build(["a dog", "A cat.", "a dog runs", "zebra"], min_count=1)
+    vocab = Vocabulary.build(["a dog", "A cat.", "a dog runs", "zebra"], min_count=1, tokenizer="words")
     # counts: a=3, dog=2, cat=1, runs=1, zebra=1 -> by count, ties alphabetical
     assert vocab.idx2word == ["<pad>", "<start>", "<end>", "<unk>", "a", "dog", "cat", "runs", "zebra"]
-    assert len(vocab) == 9
-    assert vocab.encode("A dog eats") == [1, 4, 5, 3, 2]
+    assert len(vocab) == 9 and vocab.tokenizer == "words"
+    assert vocab.encode("A dog eats.") == [1, 4, 5, 3, 2]
     assert vocab.encode(["cat"]) == [1, 6, 2]
     assert vocab.decode([1, 4, 5, 3, 2, 0, 0]) == "a dog <unk>"
-    assert Vocabulary.build(["a dog", "A cat.", "a dog runs"], min_count=2).idx2word[4:] == ["a", "dog"]
+    assert Vocabulary.build(["a dog", "A cat.", "a dog runs"], min_count=2, tokenizer="words").idx2word[4:] \
+        == ["a", "dog"]
 
 
 def test_vocab_field_format_round_trip(tmp_path):
@@ -237,7 +239,7 @@ def test_vocab_field_format_round_trip(tmp_path):
     raw = json.loads(path.read_text(encoding="utf-8"))
     assert raw == {"word2idx": {"<pad>": 0, "<start>": 1, "<end>": 2, "<unk>": 3, "dog": 4, "cat": 5},
                    "idx2word": {"0": "<pad>", "1": "<start>", "2": "<end>", "3": "<unk>", "4": "dog", "5": "cat"},
-                   "idx": 6}
+                   "idx": 6, "tokenizer": "nltk"}
     assert Vocabulary.load(path) == vocab
     assert load_vocab(tmp_path) == vocab and load_vocab(path) == vocab
     # a SCAN-style file written by someone else, keys in any order

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from temde import TEMDE
 from temde.emde import DLSH, l1_normalize_rows, l2_normalize_rows, score, sketch
 
 
@@ -33,6 +34,15 @@ def test_each_hyperplane_splits_the_fitting_data_in_half(data):
     odd = data[:301]
     above = (DLSH(8, 4).fit(odd).project(odd) > 0).sum(0)
     assert torch.all((above == 150) | (above == 151))
+
+
+def test_float64_fit_and_codes_equal_float32(data):
+    # fit computes in float32, so a float64 copy of the same float32 data must give the same buckets.
+    expected = DLSH(5, 3, seed=2).fit(data).codes(data)
+    dlsh = DLSH(5, 3, seed=2).fit(data.double())
+    assert dlsh.project(data.double()).dtype == torch.float32
+    assert torch.equal(dlsh.codes(data.double()), expected)
+    assert torch.equal(dlsh.codes(data.reshape(20, 30, 16).double()).reshape(600, 5), expected)
 
 
 def test_fit_is_deterministic_per_seed_and_keeps_leading_axes(data):
@@ -82,6 +92,27 @@ def test_score_is_geometric_mean_of_bucket_values():
     assert score(sk, items)[2].item() == 0.0
 
 
+def test_score_with_eps_is_geometric_mean_of_eps_plus_values():
+    sk = torch.tensor([[2.0, 0.0, 1.0, 0.0],  # 3 partitionings, width 4, with empty buckets
+                       [0.0, 3.0, 0.0, 1.0],
+                       [1.0, 1.0, 0.0, 2.0]])
+    items = torch.tensor([[0, 1, 3],  # values 2, 3, 2: no empty bucket
+                          [1, 1, 3],  # 0, 3, 2
+                          [1, 0, 2],  # 0, 0, 0
+                          [3, 0, 0]])  # 0, 0, 1
+    values = [[2, 3, 2], [0, 3, 2], [0, 0, 0], [0, 0, 1]]
+    assert score(sk, items).tolist() == pytest.approx([12 ** (1 / 3), 0, 0, 0])  # default: exact, empty -> 0
+    for eps in (0.5, 1e-3):
+        got = score(sk, items, eps=eps)
+        for m in range(4):
+            assert got[m].item() == pytest.approx(math.prod(eps + v for v in values[m]) ** (1 / 3), rel=1e-5)
+        # the items with empty buckets no longer tie at 0: fewer empty buckets score higher
+        assert got[0] > got[1] > got[3] > got[2]
+    for eps in (-1e-3, float("nan"), float("inf"), "0.1"):
+        with pytest.raises(ValueError, match="eps"):
+            score(sk, items, eps=eps)
+
+
 def test_row_normalisations():
     s = torch.tensor([[[1.0, 3.0, 0.0], [0.0, 0.0, 0.0]]])
     torch.testing.assert_close(l1_normalize_rows(s), torch.tensor([[[0.25, 0.75, 0.0], [0.0, 0.0, 0.0]]]))
@@ -102,3 +133,30 @@ def test_bad_arguments_raise_value_errors(data):
         sketch(torch.tensor([[4]]), n_bits=2)
     with pytest.raises(ValueError, match="weights"):
         sketch(torch.zeros(3, 2, dtype=torch.long), n_bits=2, weights=torch.ones(4))
+
+
+def test_soft_codes_hard_limit_off_and_on_a_plane():
+    # Fit on an odd, symmetric set: the zero vector is the mean (standardised to exactly 0) and the median of every
+    # plane's projections {-p_b, -p_a, 0, p_a, p_b}, so the bias is 0 and it lies on all 12 planes.
+    a, b = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, -1.0, 1.0])
+    odd = torch.stack([a, b, torch.zeros(3), -a, -b])
+    dlsh = DLSH(4, 3, seed=5).fit(odd)
+    proj = dlsh.project(odd)
+    assert (proj[2] == 0).all() and (proj[[0, 1, 3, 4]] != 0).all()
+    hard = dlsh.codes(odd)
+    assert (hard[2] == 0).all()  # codes() packs project > 0: a point on every plane gets bit 0 everywhere
+    for temperature in (1.0, 1e-6):
+        soft = TEMDE.from_dlsh(dlsh, temperature=temperature).assignments(odd)  # [5, 4 partitions, 8 buckets]
+        # On the planes: sigmoid(0) = 1/2 per bit at every temperature, i.e. 1/8 in each of the 8 buckets.
+        torch.testing.assert_close(soft[2], torch.full((4, 8), 1 / 8))
+    # Off the planes the limit is the hard code: one-hot on codes() for the other four points.
+    expected = torch.nn.functional.one_hot(hard[[0, 1, 3, 4]], 8).float()
+    torch.testing.assert_close(soft[[0, 1, 3, 4]], expected, atol=1e-6, rtol=0)
+
+    # One more vector makes the set even: the bias is the midpoint of two distinct projections, no fit point lies
+    # on a plane, and the limit equals codes() for all six.
+    even = torch.cat([odd, torch.tensor([[0.5, 1.0, -2.0]])])
+    dlsh = DLSH(4, 3, seed=5).fit(even)
+    assert (dlsh.project(even) != 0).all()
+    soft = TEMDE.from_dlsh(dlsh, temperature=1e-6).assignments(even)
+    torch.testing.assert_close(soft, torch.nn.functional.one_hot(dlsh.codes(even), 8).float(), atol=1e-6, rtol=0)

@@ -19,15 +19,19 @@ from temde.evaluation import (
 
 
 def loop_reference(sims: np.ndarray, k: int) -> dict[str, float]:
-    """Straightforward per-item ranks: sort, find the true item, optimistic ties resolved by hand."""
+    """Straightforward per-item ranks with pessimistic ties: a true item comes after every negative scored >= it."""
     n_images, n_captions = sims.shape
     i2t = []
     for i in range(n_images):
-        best = min(sum(1 for s in sims[i] if s > sims[i, j]) for j in range(i * k, (i + 1) * k))
-        i2t.append(best)
+        negatives = [c for c in range(n_captions) if c // k != i]
+        i2t.append(min(sum(1 for c in negatives if sims[i, c] >= sims[i, j]) for j in range(i * k, (i + 1) * k)))
     t2i = []
     for j in range(n_captions):
-        t2i.append(sum(1 for s in sims[:, j] if s > sims[j // k, j]))
+        t2i.append(sum(1 for i in range(n_images) if i != j // k and sims[i, j] >= sims[j // k, j]))
+    return summarise_reference(i2t, t2i)
+
+
+def summarise_reference(i2t: list[int], t2i: list[int]) -> dict[str, float]:
     out = {}
     for name, ranks in (("i2t", np.array(i2t)), ("t2i", np.array(t2i))):
         for cut in (1, 5, 10):
@@ -68,14 +72,74 @@ def test_hand_made_k1():
     assert m["rsum"] == pytest.approx(100 / 3 + 100 + 100 + 100 / 3 + 100 + 100)
 
 
-def test_ties_are_optimistic():
-    # Everything tied: every true item has no strictly greater competitor -> rank 1 everywhere.
+def test_constant_matrix_ranks_every_true_item_after_all_negatives():
+    # 3 images x 2 captions, all scores equal: an image ties with its 4 negative captions -> rank 4 (0-based);
+    # a caption ties with the 2 other images -> rank 2. Nothing is credited.
     sims = np.zeros((3, 6))
+    assert image_to_text_ranks(sims, 2).tolist() == [4, 4, 4]
+    assert text_to_image_ranks(sims, 2).tolist() == [2] * 6
     m = evaluate(sims, captions_per_image=2)
-    assert m["i2t_r1"] == 100.0 and m["t2i_r1"] == 100.0
-    # A true caption tied with one negative and beaten by another -> rank 2, not 3.
-    sims = np.array([[0.5, 0.5, 0.9], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    assert image_to_text_ranks(sims, 1).tolist() == [1, 0, 0]
+    assert m["i2t_r1"] == 0.0 and m["t2i_r1"] == 0.0 and m["i2t_r5"] == 100.0 and m["t2i_medr"] == 3.0
+    # The collapsed model of a 100-image test set: i2t rank 495, t2i rank 99 -> every recall 0.
+    m = evaluate(torch.zeros(100, 500), 5)
+    assert m["rsum"] == 0.0 and m["i2t_medr"] == 496.0 and m["t2i_meanr"] == 100.0
+
+
+def test_true_item_tied_with_three_negatives_ranks_after_them():
+    # Image->text, 5 images x 2 captions. Image 0's best true caption (0.7) ties with negatives 2, 5, 9 and
+    # nothing is higher -> rank 3: an R@1 miss, an R@5 hit.
+    sims = np.full((5, 10), 0.1)
+    sims[0, [0, 1]] = [0.7, 0.2]
+    sims[0, [2, 5, 9]] = 0.7
+    # Image 1: both true captions tie with each other (0.6) and with 3 negatives: the other true caption does not
+    # count against it -> rank 3, not 4.
+    sims[1, [2, 3]] = 0.6
+    sims[1, [0, 4, 6]] = 0.6
+    # Image 2: its true caption strictly above everything -> rank 0. Image 3: true captions tied with each other
+    # above all negatives -> rank 0. Image 4: everything 0.1 -> all 8 negatives tie -> rank 8.
+    sims[2, 4] = 0.9
+    sims[3, [6, 7]] = 0.8
+    assert image_to_text_ranks(sims, 2).tolist() == [3, 3, 0, 0, 8]
+    m = evaluate(sims, 2)
+    assert m["i2t_r1"] == pytest.approx(40.0) and m["i2t_r5"] == pytest.approx(80.0)
+
+    # Text->image, 5 images x 1 caption. Caption 0's true image 0 (0.5) ties with images 1, 2, 3; image 4 is
+    # lower -> rank 3. Caption 1: image 1 strictly highest -> rank 0. Caption 2: image 2 below one image and tied
+    # with one -> rank 2. Caption 3: image 3 lowest of all -> rank 4. Caption 4: all tied -> rank 4.
+    sims = np.array([
+        [0.5, 0.1, 0.3, 0.9, 0.0],
+        [0.5, 0.8, 0.1, 0.8, 0.0],
+        [0.5, 0.1, 0.2, 0.8, 0.0],
+        [0.5, 0.1, 0.1, 0.1, 0.0],
+        [0.4, 0.1, 0.2, 0.7, 0.0],
+    ])
+    assert text_to_image_ranks(sims, 1).tolist() == [3, 0, 2, 4, 4]
+    m = evaluate(sims, 1)
+    assert m["t2i_r1"] == pytest.approx(20.0) and m["t2i_r5"] == 100.0 and m["t2i_medr"] == 4.0
+
+
+def sgraf_reference(sims: np.ndarray, k: int) -> dict[str, float]:
+    """SGRAF's evaluation.py i2t / t2i loops (position in argsort(...)[::-1]); equal to ours without ties."""
+    n_images = sims.shape[0]
+    i2t = []
+    for index in range(n_images):
+        inds = np.argsort(sims[index])[::-1]
+        i2t.append(min(np.where(inds == i)[0][0] for i in range(k * index, k * index + k)))
+    t2i = []
+    for j in range(sims.shape[1]):
+        inds = np.argsort(sims[:, j])[::-1]
+        t2i.append(np.where(inds == j // k)[0][0])
+    return summarise_reference(i2t, t2i)
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_equals_sgraf_evaluation_without_ties(k):
+    sims = np.random.default_rng(10 + k).standard_normal((31, 31 * k))  # continuous: no ties
+    got, want = evaluate(sims, k), sgraf_reference(sims, k)
+    for key in METRIC_KEYS:
+        assert got[key] == pytest.approx(want[key]), key
+    # SGRAF breaks ties by position: on a constant matrix only the last image is ranked first, so its R@1 is 1/n.
+    assert sgraf_reference(np.zeros((31, 31 * k)), k)["t2i_r1"] == pytest.approx(100 / 31)
 
 
 def test_k5_best_of_five_captions():
@@ -90,8 +154,9 @@ def test_k5_best_of_five_captions():
     assert ranks[0] == 3
     # Text->image: caption 2's true image 0 scores 0.5 against 0 for images 1, 2 -> rank 0.
     assert text_to_image_ranks(sims, k)[2] == 0
-    # Captions 5..7 belong to image 1, which scores 0 on them while image 0 scores 3, 2, 1 -> rank 1 (0-based).
-    assert text_to_image_ranks(sims, k)[5:8].tolist() == [1, 1, 1]
+    # Captions 5..7 belong to image 1, which scores 0 on them while image 0 scores 3, 2, 1 and image 2 ties at 0
+    # -> rank 2 (0-based).
+    assert text_to_image_ranks(sims, k)[5:8].tolist() == [2, 2, 2]
 
 
 @pytest.mark.parametrize("k", [1, 5])
@@ -118,6 +183,12 @@ def test_chunked_computation_matches(monkeypatch):
 def test_accepts_torch_tensor():
     sims = torch.eye(5)
     assert evaluate(sims, 1)["rsum"] == 600.0
+    assert evaluate(sims.to(torch.bfloat16), 1)["rsum"] == 600.0
+    # float64 is kept: the true scores are above the negatives by less than float32 can resolve.
+    sims = torch.ones(3, 3, dtype=torch.float64) + 1e-12 * torch.eye(3, dtype=torch.float64)
+    assert evaluate(sims, 1)["rsum"] == 600.0
+    rounded = evaluate(sims.float(), 1)  # rounded to float32: all tied, no true item ranks first
+    assert rounded["i2t_r1"] == 0.0 and rounded["t2i_r1"] == 0.0
 
 
 def test_folds_average_each_fold_and_rsum():
@@ -138,6 +209,14 @@ def test_folds_average_each_fold_and_rsum():
     assert evaluate_folds(scrambled, k, folds)["rsum"] == pytest.approx(result["rsum"])
 
 
+def test_folds_rank_ties_pessimistically():
+    # A constant matrix, 5 folds of 2 images x 2 captions: an image ties with its 2 negative captions (rank 2), a
+    # caption with the other image (rank 1): R@1 misses, R@5 and R@10 hit in both directions -> rsum 400.
+    result = evaluate_folds(np.zeros((10, 20)), captions_per_image=2, folds=5)
+    assert result["i2t_r1"] == 0.0 and result["t2i_r1"] == 0.0 and result["i2t_medr"] == 3.0
+    assert result["rsum"] == 400.0 and all(fold["rsum"] == 400.0 for fold in result["folds"])
+
+
 def test_fold_rsum_is_not_the_vsepp_formula():
     # Per fold: image->text perfect (300), text->image all wrong at R@1..R@10 impossible with 2 images,
     # so build folds where i2t recalls differ from t2i recalls.
@@ -147,7 +226,7 @@ def test_fold_rsum_is_not_the_vsepp_formula():
         [1.0, 0.0, 0.9, 0.0],
         [0.0, 0.0, 0.0, 1.0],
     ])
-    # t2i: caption 1 (image 0): 0 vs 0 tie -> rank 1; caption 2 (image 1): 0 vs 0.9 -> rank 2.
+    # t2i: caption 1 (image 0): 0 vs 0 tie -> rank 2 (pessimistic); caption 2 (image 1): 0 vs 0.9 -> rank 2.
     sims = np.zeros((4, 8))
     sims[:2, :4] = fold
     sims[2:, 4:] = fold
@@ -155,8 +234,8 @@ def test_fold_rsum_is_not_the_vsepp_formula():
     i2t = result["i2t_r1"] + result["i2t_r5"] + result["i2t_r10"]
     t2i = result["t2i_r1"] + result["t2i_r5"] + result["t2i_r10"]
     assert i2t == 300.0
-    assert t2i == pytest.approx(75 + 100 + 100)
-    assert result["rsum"] == pytest.approx(575.0)
+    assert t2i == pytest.approx(50 + 100 + 100)
+    assert result["rsum"] == pytest.approx(550.0)
     buggy = 6 * (i2t / 3)  # VSE++ printed mean_metrics[10] * 6 = 6 x the mean image->text recall
     assert buggy == 600.0 and result["rsum"] != buggy
 

@@ -212,9 +212,10 @@ def test_index_of_another_model_is_refused(tiny, built):
 
 def test_empty_query_and_bad_sizes(built):
     searcher = Searcher.open(built)
-    for text in ("", "   ", "?!"):
+    for text in ("", "   "):
         with pytest.raises(QueryError, match="empty query"):
             searcher.search_text(text)
+    assert searcher.search_text("?!", k=1)  # NLTK's tokens "?" and "!": a query, all <unk> in this vocabulary
     with pytest.raises(QueryError, match="rerank"):
         searcher.search_text("red", k=10, rerank=5)
     with pytest.raises(QueryError, match="image id"):
@@ -244,7 +245,8 @@ def test_two_stage_with_the_whole_gallery_equals_full_scoring(tiny, head):
 
 def test_two_stage_ranks_match_a_loop_reference(tiny):
     """Ranks by hand: inside the cosine short list an item is ranked by the model, outside it comes after the whole
-    short list in cosine order (text->image: the true image; image->text: the best true caption)."""
+    short list in cosine order (text->image: the true image; image->text: the best true caption). Ties are
+    pessimistic: every negative scored >= the true item counts against it."""
     model = tiny_model(len(tiny["vocab"]), "sgr")
     img, cap = encode_split(model, load_split(tiny["data"], "test"), tiny["vocab"])
     full = score_matrix(model, img, cap).astype(np.float64)
@@ -257,23 +259,64 @@ def test_two_stage_ranks_match_a_loop_reference(tiny):
         true = j // K_CAPS
         short = list(np.argsort(-cosine[:, j], kind="stable")[:rerank])
         if true in short:
-            expected.append(sum(full[i, j] > full[true, j] for i in short))
+            expected.append(sum(full[i, j] >= full[true, j] for i in short if i != true))
         else:
-            outside = [i for i in range(N_IMAGES) if i not in short]
-            expected.append(rerank + sum(cosine[i, j] > cosine[true, j] for i in outside))
+            outside = [i for i in range(N_IMAGES) if i not in short and i != true]
+            expected.append(rerank + sum(cosine[i, j] >= cosine[true, j] for i in outside))
     scores = two_stage_scores(model, img, cap, rerank=rerank)
     np.testing.assert_array_equal(text_to_image_ranks(scores.t2i, K_CAPS), expected)
 
     def caption_rank(i: int, c: int, short: list[int]) -> int:
+        negatives = [o for o in range(cosine.shape[1]) if o // K_CAPS != i]  # the image's other captions never count
         if c in short:
-            return sum(full[i, o] > full[i, c] for o in short)
-        return rerank + sum(cosine[i, o] > cosine[i, c] for o in range(cosine.shape[1]) if o not in short)
+            return sum(full[i, o] >= full[i, c] for o in short if o in negatives)
+        return (sum(o in negatives for o in short)
+                + sum(cosine[i, o] >= cosine[i, c] for o in negatives if o not in short))
 
     expected_i2t = []
     for i in range(N_IMAGES):
         short = list(np.argsort(-cosine[i], kind="stable")[:rerank])
         expected_i2t.append(min(caption_rank(i, c, short) for c in range(i * K_CAPS, (i + 1) * K_CAPS)))
     np.testing.assert_array_equal(image_to_text_ranks(scores.i2t, K_CAPS), expected_i2t)
+
+
+def test_placed_scores_never_credit_an_item_outside_the_short_list():
+    from temde.index.two_stage import _place
+
+    # Text->image, 4 images x 1 caption, short lists of K = 2 (given by hand). cosine[i, j]: image i, caption j.
+    cosine = torch.tensor([[0.9, 0.9, 0.1, 0.3],
+                           [0.8, 0.7, 0.2, 0.2],
+                           [0.1, 0.8, 0.6, 0.1],
+                           [0.2, 0.7, 0.5, 0.0]])
+    lists = torch.tensor([[0, 1], [0, 2], [2, 3], [0, 1]])  # [caption, K]: the top-2 images by cosine
+    model = torch.tensor([[0.3, 0.3], [0.1, 0.2], [0.9, 0.4], [0.5, 0.6]])  # model scores of those images
+    t2i = _place(cosine.clone(), model.T.contiguous(), lists.T.contiguous(), dim=0)
+    # Caption 0: true image 0 in the list, tied with image 1 by the model -> rank 1 (its cosine 0.9 is unused).
+    # Caption 1: true image 1 outside (cosine 0.7, above both model scores), tied in cosine with outside image 3
+    # -> after the 2 listed images and image 3: rank 3. Caption 2: image 2 first by the model -> rank 0.
+    # Caption 3: true image 3 outside, below outside image 2 in cosine -> rank 3.
+    assert text_to_image_ranks(t2i, 1).tolist() == [1, 3, 0, 3]
+    listed = (lists.T.numpy(), np.arange(4))
+    assert (t2i[listed] == model.T.numpy()).all()  # the model's scores, kept exactly
+    outside = np.ones((4, 4), dtype=bool)
+    outside[listed] = False
+    assert t2i[outside].max() < model.min().item()
+
+    # A -inf model score (caption 3, image 1) makes every outside item -inf: tied with it and with each other, an
+    # outside true item still ranks after the whole list. Caption 1: after images 0, 2 (listed) and 3 (tied at
+    # -inf) -> 3. Caption 3: after image 0 (0.5) and the tied images 1, 2 -> 3. Captions 0 and 2 unchanged.
+    model[3, 1] = -np.inf
+    t2i = _place(cosine.clone(), model.T.contiguous(), lists.T.contiguous(), dim=0)
+    assert text_to_image_ranks(t2i, 1).tolist() == [1, 3, 0, 3]
+
+    # Image->text, 2 images x 2 captions, K = 2. Image 0 (captions 0, 1): caption 1 listed, tied by the model with
+    # listed negative caption 2 -> rank 1. Image 1 (captions 2, 3): both outside, tied with each other; its own
+    # captions do not count, the two listed negatives do -> rank 2.
+    cosine = torch.tensor([[0.1, 0.9, 0.8, 0.2],
+                           [0.9, 0.8, 0.3, 0.3]])
+    lists = torch.tensor([[1, 2], [0, 1]])
+    i2t = _place(cosine, torch.tensor([[0.4, 0.4], [0.2, 0.1]]), lists, dim=1)
+    assert image_to_text_ranks(i2t, 2).tolist() == [1, 2]
 
 
 def test_two_stage_evaluate_reports_metrics_and_times(tiny):
@@ -344,6 +387,19 @@ def test_index_bench_small(tmp_path):
     assert recall[("ivf", 16, None)] == 1.0  # every list visited: exact
     assert all(0.0 <= value <= 1.0 for value in recall.values()) and len(rows) == 5
     assert all(r["median_ms"] > 0 for r in rows)
+
+
+def test_bench_recall_counts_neighbours_tied_at_the_kth_place():
+    from temde.bench.index import recall_at_k
+
+    # Inner products with the query [1, 0]: rows score 1, 0.8, 0.6, 0.6 (rows 2 and 3 are the same vector), 0.
+    data = np.array([[1, 0], [0.8, 0.6], [0.6, 0.8], [0.6, 0.8], [0, 1]], dtype=np.float32)
+    queries = np.array([[1, 0]] * 3, dtype=np.float32)
+    truth = np.array([[0, 1, 2]] * 3)  # exact top-3; row 3 ties with row 2 at the 3rd place
+    found = np.array([[0, 1, 3],  # the other tied row: as near as the exact list's -> 3 of 3
+                      [0, 4, 2],  # row 4 (score 0) is not a top-3 neighbour -> 2 of 3
+                      [1, 0, -1]])  # an empty slot never counts -> 2 of 3
+    assert recall_at_k(data, queries, truth, found, 3) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
 
 
 def test_two_stage_bench_small():

@@ -224,20 +224,6 @@ def test_scan_attention_matches_a_per_pair_computation():
             assert torch.allclose(out[i, c, :len(wrd)], expected, atol=1e-12)
 
 
-def test_saf_batchnorm_statistics_come_from_real_nodes_only():
-    head = SAFHead(4).double().train()
-    nodes = torch.randn(3, 2, 5, 4, dtype=torch.float64)
-    node_mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
-    head(nodes, node_mask)
-    logits = head.gate(nodes).squeeze(-1).detach()
-    real = torch.cat([logits[:, 0].reshape(-1), logits[:, 1, :2].reshape(-1)])  # 15 + 6 real nodes
-    assert torch.allclose(head.bn.running_mean, 0.1 * real.mean().reshape(1))
-    assert torch.allclose(head.bn.running_var, 0.9 + 0.1 * real.var(unbiased=True).reshape(1))
-    weights = head.eval().gates(nodes, node_mask.expand(3, 2, 5))
-    assert (weights[:, 1, 2:] == 0).all()
-    assert torch.allclose(weights.sum(-1), torch.ones(3, 2, dtype=torch.float64), atol=1e-6)
-
-
 # ---- masking invariances --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("pooling", list_pools())

@@ -3,10 +3,16 @@
 `sims[i, j]` is the score of image `i` against caption `j`; caption `j` belongs to image `j // k`
 (k captions per image, consecutive, as in the SCAN precomp layout).
 
-Ranks are 1-based. Ties are counted optimistically: the rank of a true item is 1 + the number of
-items with a *strictly greater* score, so a true item tied with a negative keeps the better rank.
-Image->text uses the best rank among the image's k true captions; text->image the rank of the one
-true image. The median rank follows the VSE++ family: floor(median of 0-based ranks) + 1.
+Ranks are 1-based in medr/meanr (the rank functions return them 0-based). Ties are ranked pessimistically:
+the 0-based rank of a true item is the number of negatives scored >= it, so a true item tied with negatives is
+placed after all of them. Image->text ranks an image by its best true caption, and only negative captions count:
+the image's other true captions never push it down, tied with it or not. Text->image counts the other images
+scored >= the one true image. Why pessimistic: a collapsed model (every score equal) or scores rounded to low
+precision must not look good; counting only strictly greater scores gave a constant matrix rsum 600. SGRAF's
+evaluation.py ranks by position in `np.argsort(...)[::-1]`, which breaks ties by the sort's order of equal
+elements (on a constant row numpy returns index order, so the highest index comes first): the credit a tie gets
+depends on where the true item happens to sit. On real-valued scores without ties the metrics equal SGRAF's
+evaluation.py exactly. The median rank follows the VSE++ family: floor(median of 0-based ranks) + 1.
 """
 from __future__ import annotations
 
@@ -28,7 +34,14 @@ _CHUNK_CELLS = 1 << 24
 
 def _as_matrix(sims: Any) -> np.ndarray:
     if hasattr(sims, "detach"):  # a torch tensor, on any device
-        sims = sims.detach().float().cpu().numpy()
+        import torch  # already loaded: a tensor was passed
+
+        sims = sims.detach().cpu()
+        # Only the half types, which numpy lacks (bfloat16), are up-cast (exactly). Rounding float64 down to
+        # float32 could merge distinct scores into ties, and ties count against the true item.
+        if sims.dtype in (torch.float16, torch.bfloat16):
+            sims = sims.float()
+        sims = sims.numpy()
     sims = np.asarray(sims)
     if sims.ndim != 2:
         raise ValueError(f"sims: expected a 2-D matrix [n_images, n_captions], got shape {sims.shape}")
@@ -52,13 +65,14 @@ def _check_layout(sims: np.ndarray, captions_per_image: int) -> None:
 
 def _finite_block(block: np.ndarray) -> np.ndarray:
     block = np.asarray(block)  # comparisons are exact in the input dtype: no up-cast needed
-    if np.isnan(block).any():  # NaN compares false both ways and would silently count as rank 1
+    if np.isnan(block).any():  # NaN compares false both ways: a NaN true score would silently rank first
         raise ValueError("sims: the matrix contains NaN scores")
     return block
 
 
 def image_to_text_ranks(sims: Any, captions_per_image: int = 5) -> np.ndarray:
-    """0-based rank of each image's best true caption (optimistic ties), shape [n_images]."""
+    """0-based rank of each image's best true caption: the number of negative captions scored >= it (pessimistic
+    ties), shape [n_images]."""
     sims = _as_matrix(sims)
     _check_layout(sims, captions_per_image)
     n_images, n_captions = sims.shape
@@ -70,13 +84,16 @@ def image_to_text_ranks(sims: Any, captions_per_image: int = 5) -> np.ndarray:
         rows = np.arange(block.shape[0])
         own = block.reshape(block.shape[0], -1, k)[rows, start + rows]  # [rows, k] scores of the true captions
         best = own.max(axis=1)
-        # The best true caption's rank = number of captions scored strictly above it (true ones never are).
-        ranks[start:start + len(rows)] = (block > best[:, None]).sum(axis=1)
+        # Captions scored >= the best true caption, less the true ones among them (at least the best itself):
+        # the image's own captions never count against it, tied or not.
+        at_or_above = (block >= best[:, None]).sum(axis=1) - (own >= best[:, None]).sum(axis=1)
+        ranks[start:start + len(rows)] = at_or_above
     return ranks
 
 
 def text_to_image_ranks(sims: Any, captions_per_image: int = 5) -> np.ndarray:
-    """0-based rank of each caption's true image (optimistic ties), shape [n_captions]."""
+    """0-based rank of each caption's true image: the number of other images scored >= it (pessimistic ties),
+    shape [n_captions]."""
     sims = _as_matrix(sims)
     _check_layout(sims, captions_per_image)
     n_images, n_captions = sims.shape
@@ -86,7 +103,7 @@ def text_to_image_ranks(sims: Any, captions_per_image: int = 5) -> np.ndarray:
         block = _finite_block(sims[:, start:start + cols_per_chunk])
         cols = np.arange(block.shape[1])
         true_score = block[(start + cols) // captions_per_image, cols]
-        ranks[start:start + len(cols)] = (block > true_score[None, :]).sum(axis=0)
+        ranks[start:start + len(cols)] = (block >= true_score[None, :]).sum(axis=0) - 1  # less the true image
     return ranks
 
 

@@ -46,19 +46,45 @@ class MaskedBatchNorm(nn.Module):
         return out
 
 
+class SlotBatchNorm(nn.Module):
+    """SGRAF's `BatchNorm1d(num_region)` over `[B, R, dim]`: one statistic per region *slot*, over the batch and
+    the features. Exact for BUTD's fixed 36 regions (and for SGRAF's checkpoints); it has no meaning for padded
+    or variable-length token sets, so every image must fill all `num_slots` slots."""
+
+    def __init__(self, num_slots: int):
+        super().__init__()
+        self.num_slots = num_slots
+        self.norm = nn.BatchNorm1d(num_slots)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.num_slots:
+            raise ValueError(f"per-slot BatchNorm was built for {self.num_slots} regions per image, got "
+                             f"{x.shape[1]} (use the per-feature form, image_norm_slots=None, for other counts)")
+        if not bool(mask.all()):
+            raise ValueError(f"per-slot BatchNorm needs every image to fill all {self.num_slots} region slots "
+                             "(no padding); use the per-feature form, image_norm_slots=None")
+        return self.norm(x)
+
+
 class AttentionPool(nn.Module):
     """SGRAF's self-attention pooling: the mean of the tokens is the query of an additive-style attention.
 
     local and mean each go through Linear (+BatchNorm for images) + Tanh + Dropout; their product goes through
     Linear -> 1 to score each token; a softmax over the real tokens weights the sum of the raw locals.
+    The locals' BatchNorm is per feature over the real tokens (`norm_slots=None`, any token count, masks) or,
+    with `norm_slots=R`, SGRAF's exact per-slot form for sets of exactly R tokens.
     """
 
-    def __init__(self, dim: int, batchnorm: bool = False, dropout: float = 0.4):
+    def __init__(self, dim: int, batchnorm: bool = False, dropout: float = 0.4, norm_slots: int | None = None):
         super().__init__()
+        if norm_slots is not None and not batchnorm:
+            raise ValueError("norm_slots needs batchnorm=True (it selects the form of the locals' BatchNorm)")
         self.dim = self.out_dim = dim
         self.local_linear = xavier_linear(dim, dim)
         self.global_linear = xavier_linear(dim, dim)
-        self.local_norm = MaskedBatchNorm(dim) if batchnorm else None
+        self.local_norm = None
+        if batchnorm:
+            self.local_norm = SlotBatchNorm(norm_slots) if norm_slots is not None else MaskedBatchNorm(dim)
         self.global_norm = nn.BatchNorm1d(dim) if batchnorm else None
         self.dropout = nn.Dropout(dropout)
         self.score = xavier_linear(dim, 1)

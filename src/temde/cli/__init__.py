@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "temde.cli.prepare",
     "temde.cli.train",
     "temde.cli.evaluate",
+    "temde.cli.imports",
     "temde.cli.demo",
     "temde.cli.bench",
     "temde.cli.ablate",

@@ -100,7 +100,9 @@ def run_search(args: argparse.Namespace) -> int:
     from temde.index.html import read_manifest, write_search_page
     from temde.index.two_stage import QueryError, Searcher, unknown_words
 
-    if args.query is not None and not tokenize(args.query):  # before loading anything: fail fast
+    # Before loading anything: fail fast. The vocabulary (and so its tokenizer) is not read yet; NLTK's tokenizer
+    # makes a token of any non-blank text, so this refuses only a query that no vocabulary could read.
+    if args.query is not None and not tokenize(args.query, "nltk"):
         raise QueryError(f"--query: empty query {args.query!r}; give at least one word")
     searcher = Searcher.open(args.index, args.checkpoint, args.data, args.device, verify=not args.no_verify)
     for part in searcher.index.parts.values():

@@ -30,6 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder (last.pt, best.pt, epochs.csv, steps.csv)")
     p.add_argument("--model", default="saf-small", help="a head (saf, sgr) or a preset (`temde models`); "
                                                         "default saf-small")
+    p.add_argument("--init", metavar="PT",
+                   help="start from this checkpoint (a run's best.pt, or one made by `temde import sgraf`): its "
+                        "model and weights, with --pooling swapped in (a new pooling starts fresh, every other "
+                        "weight is kept); --model then only supplies the training schedule")
     p.add_argument("--pooling", help="global pooling: attention | temde | mha | mean (default: the preset's)")
     p.add_argument("--pool-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="pooling option, e.g. n_bits=4 or temperature=0.5 (repeatable)")
@@ -47,6 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            help="sum the loss over all negatives (the small presets' default)")
     negatives.add_argument("--hardest-negatives", dest="max_violation", action="store_const", const=True,
                            help="VSE++ hardest negative per row and column (SGRAF's, the f30k/coco presets' default)")
+    same = p.add_mutually_exclusive_group()
+    same.add_argument("--mask-same-image", dest="mask_same_image", action="store_const", const=True,
+                      help="a second caption of the same image in a batch is not a negative (the small presets)")
+    same.add_argument("--no-mask-same-image", dest="mask_same_image", action="store_const", const=False,
+                      help="every other caption in the batch is a negative, as SGRAF's loss (f30k/coco presets)")
     p.add_argument("--global-loss", type=float, default=0.0, metavar="W",
                    help="add W x the VSE++ loss on inner products of the global vectors (what the two-stage "
                         "index ranks by); default 0 = off")
@@ -80,11 +89,11 @@ def run(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     settings = TrainSettings(
-        data=args.data, out=args.out, model=args.model, pooling=args.pooling,
+        data=args.data, out=args.out, model=args.model, init=args.init, pooling=args.pooling,
         pool_options=dict(args.pool_option) if args.pool_option else None, embed_size=args.embed_size,
         model_overrides=dict(args.model_set), epochs=args.epochs, lr=args.lr, lr_update=args.lr_update,
         batch_size=args.batch_size, margin=args.margin, grad_clip=args.grad_clip,
-        max_violation=args.max_violation, warmup_epochs=args.warmup_epochs, global_loss=args.global_loss, seed=args.seed,
+        max_violation=args.max_violation, mask_same_image=args.mask_same_image, warmup_epochs=args.warmup_epochs, global_loss=args.global_loss, seed=args.seed,
         workers=args.workers, device=device,
         resume=args.resume, amp=args.amp, amp_dtype=args.amp_dtype, log_every=args.log_every,
         tensorboard=args.tensorboard, progress=not args.quiet, max_steps_per_epoch=args.max_steps_per_epoch,

@@ -1,6 +1,9 @@
 """Word vocabulary in the field's JSON format: {"word2idx": {...}, "idx2word": {"0": "<pad>", ...}, "idx": n}.
 
 Ids 0-3 are reserved as in SCAN/SGRAF: <pad>=0 (so zero-padding is padding), <start>=1, <end>=2, <unk>=3.
+A vocabulary also names the tokenizer that splits its captions (temde.data.tokenizer), because its words only
+mean something under that split. Our files record it under an extra key "tokenizer"; the field's files have no
+such key and were built with NLTK, so a file without it reads as "nltk".
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-from temde.data.tokenizer import tokenize
+from temde.data.tokenizer import DEFAULT_TOKENIZER, check_tokenizer, tokenize
 from temde.errors import DataError
 
 PAD, START, END, UNK = 0, 1, 2, 3
@@ -49,9 +52,13 @@ def _umask() -> int:
 
 
 class Vocabulary:
-    """Word <-> id mapping. `Vocabulary(words)` puts the four special tokens first, then `words` in order."""
+    """Word <-> id mapping. `Vocabulary(words)` puts the four special tokens first, then `words` in order.
 
-    def __init__(self, words: Iterable[str] = ()):
+    `tokenizer` names how a caption string is split into words (see temde.data.tokenizer).
+    """
+
+    def __init__(self, words: Iterable[str] = (), tokenizer: str = DEFAULT_TOKENIZER):
+        self.tokenizer = check_tokenizer(tokenizer)
         self.idx2word: list[str] = list(SPECIALS)
         self.word2idx: dict[str, int] = {w: i for i, w in enumerate(SPECIALS)}
         for word in words:
@@ -61,14 +68,15 @@ class Vocabulary:
             self.idx2word.append(word)
 
     @classmethod
-    def build(cls, captions: Iterable[str], min_count: int = 1) -> Vocabulary:
+    def build(cls, captions: Iterable[str], min_count: int = 1, tokenizer: str = DEFAULT_TOKENIZER) -> Vocabulary:
         """Words of `captions` seen at least `min_count` times, most frequent first (ties alphabetical)."""
         if min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {min_count}")
-        counts = Counter(token for caption in captions for token in tokenize(caption))
+        check_tokenizer(tokenizer)
+        counts = Counter(token for caption in captions for token in tokenize(caption, tokenizer))
         kept = sorted((w for w, c in counts.items() if c >= min_count and w not in SPECIALS),
                       key=lambda w: (-counts[w], w))
-        return cls(kept)
+        return cls(kept, tokenizer)
 
     def __len__(self) -> int:
         return len(self.idx2word)
@@ -77,14 +85,20 @@ class Vocabulary:
         return word in self.word2idx
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Vocabulary) and self.idx2word == other.idx2word
+        return (isinstance(other, Vocabulary) and self.idx2word == other.idx2word
+                and self.tokenizer == other.tokenizer)
 
     def __repr__(self) -> str:
-        return f"Vocabulary({len(self)} words)"
+        return f"Vocabulary({len(self)} words, tokenizer={self.tokenizer!r})"
+
+    def tokenize(self, text: str) -> list[str]:
+        """`text` split as this vocabulary's captions were."""
+        return tokenize(text, self.tokenizer)
 
     def encode(self, caption: str | Sequence[str]) -> list[int]:
-        """<start> ids... <end>; unknown words map to <unk>. A string is tokenized, a list is taken as tokens."""
-        tokens = tokenize(caption) if isinstance(caption, str) else caption
+        """<start> ids... <end>; unknown words map to <unk>. A string is tokenized with this vocabulary's
+        tokenizer, a list is taken as tokens."""
+        tokens = self.tokenize(caption) if isinstance(caption, str) else caption
         return [START, *(self.word2idx.get(t, UNK) for t in tokens), END]
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -103,7 +117,8 @@ class Vocabulary:
         # idx2word keys are strings because JSON object keys are; that is also how the field's files store them.
         return {"word2idx": dict(self.word2idx),
                 "idx2word": {str(i): w for i, w in enumerate(self.idx2word)},
-                "idx": len(self.idx2word)}
+                "idx": len(self.idx2word),
+                "tokenizer": self.tokenizer}
 
     def save(self, path: str | os.PathLike) -> None:
         with atomic_write(path) as f:
@@ -111,7 +126,9 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocabulary:
-        """Read a vocabulary JSON (ours or SCAN/SGRAF's); any inconsistency is a DataError naming the file."""
+        """Read a vocabulary JSON (ours or SCAN/SGRAF's); any inconsistency is a DataError naming the file.
+
+        A file without "tokenizer" (SCAN/SGRAF's) gets "nltk", the tokenizer it was built with."""
         path = Path(path)
         try:
             with open(path, encoding="utf-8") as f:
@@ -140,6 +157,6 @@ class Vocabulary:
         if "idx" in data and data["idx"] != n:
             raise DataError(f"{path}: 'idx' is {data['idx']} but there are {n} words")
         try:
-            return cls(words[len(SPECIALS):])
+            return cls(words[len(SPECIALS):], data.get("tokenizer", "nltk"))
         except ValueError as exc:
             raise DataError(f"{path}: {exc}") from None

@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 from temde.data.precomp import PrecompSplit, load_split
-from temde.data.tokenizer import tokenize
 from temde.errors import CheckpointError, DataError, TemdeError
 from temde.index.store import (IndexDirectory, IndexOptions, VectorIndex, load_index_directory, model_fingerprint,
                                normalize_rows, read_meta, save_index_directory)
@@ -122,7 +121,15 @@ class TwoStageScores:
 
 
 def _place(first_stage: torch.Tensor, reranked: torch.Tensor, index: torch.Tensor, dim: int) -> np.ndarray:
-    """First-stage scores (consumed) shifted below every re-ranked score, then the re-ranked scores scattered in."""
+    """First-stage scores (consumed) shifted below every re-ranked score, then the re-ranked scores scattered in.
+
+    Under the evaluation's pessimistic ties (a true item ranks after every negative scored >= it): an outside item
+    is strictly below the whole short list, so it never counts against a short-listed true item, and an outside
+    true item has all K short-listed items above it: never credited inside the list. A -inf re-ranked score makes
+    the shift -inf: every outside item becomes -inf, tied with it, and the ties still put an outside true item
+    after the whole list. The float32 shift can merge first-stage scores closer than its rounding into ties; those
+    are among outside items only, so they can cost an outside true item a place, never credit one.
+    """
     shift = float(reranked.min()) - 1.0 - float(first_stage.max()) if reranked.numel() else 0.0
     matrix = first_stage.add_(shift)  # in place; every value <= min(reranked) - 1: outside items rank last
     matrix.scatter_(dim, index, reranked)
@@ -153,7 +160,10 @@ def two_stage_scores(model: nn.Module, img: Encoded, cap: Encoded, rerank: int,
 
 
 def shortlist_recall(scores: TwoStageScores, captions_per_image: int) -> dict[str, float]:
-    """Percent of queries whose true item made the short list (the ceiling two-stage recall can reach)."""
+    """Percent of queries whose true item made the short list (the ceiling two-stage recall can reach).
+
+    Membership of the list that was re-ranked: no scores are compared, so there are no ties to rank (cosine ties at
+    the K-th place were settled by `topk`, as the re-ranking saw them)."""
     n_cap = len(scores.t2i_shortlists)
     true_image = torch.arange(n_cap) // captions_per_image
     t2i_hit = (scores.t2i_shortlists == true_image[:, None]).any(1)
@@ -326,7 +336,7 @@ class Hit:
 
 
 def unknown_words(text: str, vocab) -> list[str]:
-    return [word for word in tokenize(text) if word not in vocab]
+    return [word for word in vocab.tokenize(text) if word not in vocab]  # split as the query will be encoded
 
 
 class Searcher:
@@ -396,7 +406,7 @@ class Searcher:
         return encoded
 
     def encode_text(self, text: str) -> Encoded:
-        if not isinstance(text, str) or not tokenize(text):
+        if not isinstance(text, str) or not self.vocab.tokenize(text):
             raise QueryError(f"empty query {text!r}: give at least one word")
         return _encode_caption_texts(self.model, [text], self.vocab, 1, self.device)
 

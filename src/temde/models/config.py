@@ -40,6 +40,9 @@ class ModelConfig:
     # the globals only as one similarity node among a caption's word nodes; this term puts the pooled vectors
     # straight into the ranking (the dual-encoder score of the same model).
     global_score: float = 0.0
+    # BatchNorm of the image attention pool's locals: None = per feature over the real regions (any region count,
+    # padding masked); R = SGRAF's BatchNorm1d(R), one statistic per region slot (exact SGRAF; BUTD: 36).
+    image_norm_slots: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -54,14 +57,20 @@ class ModelConfig:
             raise ConfigError(f"pooling must be one of {list_pools()}, got {self.pooling!r}")
         if not isinstance(self.pool_options, dict):
             raise ConfigError(f"pool_options must be a dict, got {type(self.pool_options).__name__}")
-        if "batchnorm" in self.pool_options:
-            raise ConfigError("pool_options must not set 'batchnorm': images get it, captions do not (as in SGRAF)")
+        for key in ("batchnorm", "norm_slots"):
+            if key in self.pool_options:
+                raise ConfigError(f"pool_options must not set {key!r}: images get BatchNorm, captions do not (as in "
+                                  "SGRAF); image_norm_slots selects its form")
         if self.shared_pool and self.pooling == "attention":
             raise ConfigError("shared_pool is not possible with pooling 'attention' (its image pool has BatchNorm)")
         for name in ("img_dim", "embed_size", "sim_dim", "word_dim", "gru_layers", "sgr_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.image_norm_slots is not None and (not isinstance(self.image_norm_slots, int)
+                                                  or isinstance(self.image_norm_slots, bool)
+                                                  or self.image_norm_slots < 1):
+            raise ConfigError(f"image_norm_slots must be a positive integer or None, got {self.image_norm_slots!r}")
         if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size < 1):
             raise ConfigError(f"vocab_size must be a positive integer or None, got {self.vocab_size!r}")
         if not 0.0 <= self.word_dropout < 1.0:

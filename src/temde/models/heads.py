@@ -47,8 +47,10 @@ class SAFHead(nn.Module):
     """Similarity Attention Filtration: per-node gate sigmoid(BN(w . x)), L1-normalised over the real nodes,
     weighted sum, L2, then the score.
 
-    BatchNorm statistics are taken over the real nodes of every pair of the block at once (SGRAF: over the nodes
-    of the n_images pairs of one caption at a time); in eval mode both use the running statistics.
+    The gate's BatchNorm1d(1) works as SGRAF's, which calls it once per caption: in train mode each caption's
+    logits are normalised with the mean and variance of that caption's real nodes over all the images of the block,
+    and the running statistics take one momentum update per caption, in caption order. Done here for every caption
+    at once. In eval mode the running statistics are used, as upstream.
     """
 
     def __init__(self, sim_dim: int):
@@ -57,13 +59,47 @@ class SAFHead(nn.Module):
         self.bn = nn.BatchNorm1d(1)
         self.out = xavier_linear(sim_dim, 1)
 
+    def _normalise(self, logits: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
+        """BatchNorm of the gate logits `[I, C, N]` (see the class docstring); padded nodes come out as 0."""
+        bn = self.bn
+        if bn.training or bn.running_mean is None:
+            real = node_mask.to(logits.dtype)
+            count = real.sum(dim=(0, 2))  # [C]: images x (1 + words) values per caption
+            mean = (logits * real).sum(dim=(0, 2)) / count
+            centred = (logits - mean[None, :, None]) * real
+            var = (centred ** 2).sum(dim=(0, 2)) / count  # biased, as BatchNorm normalises with
+            normalised = centred / torch.sqrt(var + bn.eps)[None, :, None]
+            if bn.training and bn.track_running_stats and bn.running_mean is not None:
+                self._update_running(mean.detach(), var.detach() * count / (count - 1).clamp_min(1))
+        else:
+            normalised = (logits - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
+        if bn.affine:
+            normalised = normalised * bn.weight + bn.bias
+        return normalised.masked_fill(~node_mask, 0.0)
+
+    @torch.no_grad()
+    def _update_running(self, means: torch.Tensor, unbiased_vars: torch.Tensor) -> None:
+        """The running statistics after one update per caption c = 0..C-1 with momentum m, in closed form:
+        r_C = (1 - m)^C r_0 + sum_c m (1 - m)^(C - 1 - c) x_c."""
+        bn, n = self.bn, means.shape[0]
+        if bn.momentum is None:  # cumulative average: every update weighs the same
+            seen = int(bn.num_batches_tracked)
+            for name, values in (("running_mean", means), ("running_var", unbiased_vars)):
+                running = getattr(bn, name)
+                running.mul_(seen / (seen + n)).add_(values.sum().to(running) / (seen + n))
+        else:
+            m = bn.momentum
+            decay = (1.0 - m) ** torch.arange(n - 1, -1, -1, dtype=torch.float64, device=means.device)
+            for name, values in (("running_mean", means), ("running_var", unbiased_vars)):
+                running = getattr(bn, name)
+                update = (m * decay * values.to(torch.float64)).sum()
+                running.mul_((1.0 - m) ** n).add_(update.to(running))
+        bn.num_batches_tracked.add_(n)
+
     def gates(self, nodes: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
         """Filtration weights `[..., N]`: zero on padded nodes, summing to ~1 over the real ones."""
         logits = self.gate(nodes).squeeze(-1)
-        real = logits[node_mask]  # padding must not enter the batch statistics
-        normalised = torch.zeros_like(logits)
-        normalised[node_mask] = self.bn(real.unsqueeze(1)).squeeze(1)
-        weights = torch.sigmoid(normalised).masked_fill(~node_mask, 0.0)
+        weights = torch.sigmoid(self._normalise(logits, node_mask)).masked_fill(~node_mask, 0.0)
         return weights / (weights.sum(dim=-1, keepdim=True) + 1e-8)  # SGRAF's l1norm (weights are positive)
 
     def forward(self, nodes: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:

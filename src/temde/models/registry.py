@@ -10,7 +10,7 @@ from temde.models.config import ConfigError, ModelConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
 TRAIN_KEYS = ("epochs", "lr_update", "learning_rate", "batch_size", "grad_clip", "margin", "max_violation",
-              "lr_decay", "warmup_epochs")
+              "lr_decay", "warmup_epochs", "mask_same_image")
 
 
 def list_models() -> list[str]:

@@ -15,6 +15,8 @@ def _build_pool(config: ModelConfig, images: bool) -> nn.Module:
     options = dict(config.pool_options)
     if config.pooling == "attention":
         options["batchnorm"] = images  # SGRAF: VisualSA has BatchNorm, TextSA has not
+        if images and config.image_norm_slots is not None:
+            options["norm_slots"] = config.image_norm_slots
     return make_pool(config.pooling, config.embed_size, **options)
 
 

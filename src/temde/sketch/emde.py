@@ -7,6 +7,9 @@ fitting data, so each hyperplane splits that data about 50/50: dense regions get
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -74,8 +77,11 @@ class DLSH(nn.Module):
         generator = torch.Generator().manual_seed(self.seed)
         self.directions = torch.randn(dim, self.n_planes, generator=generator).to(flat.device)
         projections = ((flat - self.mean) / self.std) @ self.directions
-        # Midpoint of the two middle projections: with an even number of vectors no vector lies on a plane, so
-        # every plane splits the fitting data exactly in half (the soft T-EMDE codes' hard limit then agrees).
+        # Midpoint of the two middle projections: with an even number of vectors (and two distinct middle
+        # projections) no vector lies on a plane, so every plane splits the fitting data exactly in half and the
+        # soft T-EMDE codes' hard limit agrees with codes() on all of it. With an odd number the median is one
+        # vector's projection: that vector lies on the plane (up to rounding), where the soft codes give 1/2 at
+        # every temperature instead of codes()' bit 0 (docs/method.md).
         n = projections.shape[0]
         low = projections.kthvalue((n + 1) // 2, dim=0).values
         high = projections.kthvalue(n // 2 + 1, dim=0).values
@@ -90,6 +96,9 @@ class DLSH(nn.Module):
         _check_float("x", x)
         if x.shape[-1] != self.directions.shape[0]:
             raise ValueError(f"x has {x.shape[-1]} features, DLSH was fitted on {self.directions.shape[0]}")
+        # In the buffers' dtype (float32 after fit, as the fit itself computed): a float64 input gets the codes of
+        # its float32 values, the same as fit assigned them, and a half input is not rounded further.
+        x = x.to(self.directions.dtype)
         return ((x - self.mean) / self.std) @ self.directions - self.bias
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,20 +131,28 @@ def sketch(codes: torch.Tensor, n_bits: int, weights: torch.Tensor | None = None
     return out.scatter_add_(-1, index, src)
 
 
-def score(sketch_: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Decode a sketch: geometric mean over partitionings of the sketch value at each item's bucket.
+def score(sketch_: torch.Tensor, codes: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Decode a sketch: geometric mean over partitionings of `eps` + the sketch value at each item's bucket,
+    exp(mean_n log(eps + x_n)).
 
     sketch_: `[..., N, W]`; codes: `[..., M, N]` (items to score, broadcast against the sketch's leading axes).
-    Returns `[..., M]`. An item that falls in an empty bucket of any partitioning scores 0 (Count-Min-like).
+    Returns `[..., M]`. The default eps=0 is the exact geometric mean: an item that falls in an empty bucket of
+    any partitioning scores 0 (Count-Min-like), so on a sparse sketch most items tie at 0. eps > 0 smooths as
+    EMDE's authors' notebook does (log(eps + x) over partitionings; the mean ranks as their sum does): an item
+    with some empty buckets still scores by its other ones. Every score is then >= eps; choose eps below the
+    smallest non-zero bucket value that should matter (one member's weight, or 1 / members for L1-normalised
+    rows), since it sets how much one empty bucket costs.
     """
     if sketch_.dim() < 2 or codes.dim() < 2 or codes.shape[-1] != sketch_.shape[-2]:
         raise ValueError(f"codes [..., M, N] must match sketch [..., N, W]: got {tuple(codes.shape)} and {tuple(sketch_.shape)}")
+    if not (isinstance(eps, numbers.Real) and 0 <= eps < math.inf):  # NaN fails both comparisons
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     values = torch.gather(
         sketch_.unsqueeze(-3).expand(*codes.shape[:-1], *sketch_.shape[-2:]),
         -1,
         codes.long().unsqueeze(-1),
     ).squeeze(-1)  # [..., M, N]
-    return values.clamp_min(0).log().mean(-1).exp()
+    return (values.clamp_min(0) + eps).log().mean(-1).exp()
 
 
 def l1_normalize_rows(sketch_: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

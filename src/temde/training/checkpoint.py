@@ -4,7 +4,7 @@ A checkpoint is one dict of plain data (tensors, dicts, lists, tuples, str, numb
   format, version   marks the file as ours
   model             the model's state_dict
   config            the model config (a dict: head, pooling, pool options, sizes ...) to rebuild the model
-  vocab             the vocabulary dict {"word2idx", "idx2word", "idx"} the model was trained with
+  vocab             the vocabulary dict {"word2idx", "idx2word", "idx", "tokenizer"} the model was trained with
   extra             anything else: epoch, optimizer/scheduler/scaler/RNG state, best dev rsum, history ...
 Nothing executable is pickled, so loading a file from elsewhere cannot run code.
 """
@@ -150,7 +150,11 @@ def restore_model(checkpoint: dict[str, Any], device: str | torch.device = "cpu"
 
 
 def restore_vocab(checkpoint: dict[str, Any]):
-    """The Vocabulary a checkpoint was trained with (its JSON dict: idx2word keys may be str or int)."""
+    """The Vocabulary a checkpoint was trained with (its JSON dict: idx2word keys may be str or int).
+
+    A checkpoint without "tokenizer" in its vocabulary predates the key, and every model trained then read its
+    captions through the regex tokenizer (whatever vocabulary file it started from), so it gets "words": its
+    queries and test captions are then split as its training captions were."""
     from temde.data.vocab import SPECIALS, Vocabulary
 
     vocab = checkpoint.get("vocab")
@@ -160,4 +164,7 @@ def restore_vocab(checkpoint: dict[str, Any]):
     words = [idx2word.get(i) for i in range(len(idx2word))]
     if tuple(words[:len(SPECIALS)]) != SPECIALS or any(not isinstance(w, str) for w in words):
         raise CheckpointError("checkpoint vocabulary is malformed (ids not contiguous or specials missing)")
-    return Vocabulary(words[len(SPECIALS):])
+    try:
+        return Vocabulary(words[len(SPECIALS):], vocab.get("tokenizer", "words"))
+    except ValueError as exc:  # an unknown tokenizer name, or a word listed twice
+        raise CheckpointError(f"checkpoint vocabulary is malformed: {exc}") from None

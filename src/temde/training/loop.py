@@ -36,6 +36,7 @@ from temde.training.loss import triplet_loss
 DEFAULT_TRAIN = {
     "epochs": 30, "lr_update": 20, "learning_rate": 2e-4, "batch_size": 128, "grad_clip": 2.0,
     "margin": 0.2, "max_violation": True, "lr_decay": 0.1, "warmup_epochs": 0,
+    "mask_same_image": False,  # SGRAF's loss pushes a second caption of the same image away like any negative
 }
 # Plain head names without a preset: SGRAF's Flickr30K schedules (SAF 30 epochs / decay at 20, SGR 40 / 30).
 HEAD_SCHEDULES = {"saf": {"epochs": 30, "lr_update": 20}, "sgr": {"epochs": 40, "lr_update": 30}}
@@ -48,6 +49,10 @@ class TrainSettings:
     data: str  # precomp folder with train_* and dev_* files (vocab.json optional)
     out: str  # run folder
     model: str = "saf-small"  # a preset name (temde.models.list_models()) or a plain head "saf" / "sgr"
+    # Start from this checkpoint (a temde run's best.pt or one written by `temde import sgraf`): its model config
+    # and weights, with `pooling` (and any other override) applied; the pools of a new pooling start fresh. The
+    # training hyper-parameters come from `model` (a preset) as usual.
+    init: str | None = None
     pooling: str | None = None  # override the preset's global pooling: attention | temde | mha | mean
     pool_options: dict[str, Any] | None = None
     embed_size: int | None = None
@@ -63,7 +68,9 @@ class TrainSettings:
     # data sets hardest negatives from the first step can collapse every embedding to one point.
     warmup_epochs: int | None = None
     grad_clip: float | None = None  # <= 0 disables clipping
-    mask_same_image: bool = True  # two captions of one image in a batch are not negatives of each other
+    # True: two captions of one image in a batch are not negatives of each other (the small presets); False:
+    # every off-diagonal pair is a negative, as SGRAF's loss (the f30k/coco presets). None: the preset's value.
+    mask_same_image: bool | None = None
     global_loss: float = 0.0  # weight of the auxiliary VSE++ loss on global-vector inner products (0 = off)
     seed: int = 0
     workers: int = 0
@@ -131,8 +138,9 @@ def derived_seed(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed % 2**32, *keys]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def resolve_model(settings: TrainSettings, img_dim: int, vocab_size: int):
-    """(ModelConfig, training hyper-parameters) for the settings; the data fixes img_dim and vocab_size."""
+def resolve_model(settings: TrainSettings, img_dim: int, vocab_size: int, init_config: dict | None = None):
+    """(ModelConfig, training hyper-parameters) for the settings; the data fixes img_dim and vocab_size.
+    `init_config` (the config of the `--init` checkpoint) replaces the preset's model part."""
     from temde.models import ModelConfig, list_models, load_preset
 
     overrides = dict(settings.model_overrides)
@@ -157,15 +165,38 @@ def resolve_model(settings: TrainSettings, img_dim: int, vocab_size: int):
     else:
         raise TemdeError(f"unknown model {settings.model!r} "
                          f"(a head: saf, sgr; or a preset: {', '.join(list_models())})")
+    if init_config is not None:
+        if init_config.get("vocab_size") != vocab_size:
+            raise TemdeError(f"{settings.init}: the checkpoint's vocabulary has {init_config.get('vocab_size')} "
+                             f"words, the vocabulary in use {vocab_size}")
+        values = {**init_config, **overrides}
     explicit = {"epochs": settings.epochs, "learning_rate": settings.lr, "lr_update": settings.lr_update,
                 "lr_decay": settings.lr_decay, "batch_size": settings.batch_size, "margin": settings.margin,
                 "max_violation": settings.max_violation, "grad_clip": settings.grad_clip,
-                "warmup_epochs": settings.warmup_epochs}
+                "warmup_epochs": settings.warmup_epochs, "mask_same_image": settings.mask_same_image}
     hyper.update({key: value for key, value in explicit.items() if value is not None})
     for key in ("epochs", "batch_size", "lr_update"):  # explicit values are validated; this catches a preset's
         if not isinstance(hyper[key], int) or hyper[key] < 1:
             raise TemdeError(f"preset {settings.model!r}: train {key} must be a positive integer, got {hyper[key]!r}")
     return ModelConfig.from_dict(values), hyper
+
+
+def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, list[str]]:
+    """Copy every tensor of `state` whose name and shape the model shares; the rest of the model keeps its fresh
+    initialisation. Returns (tensors copied, sorted names of the model's submodules left fresh). This is T-EMDE as
+    a drop-in replacement: a pretrained SAF/SGR keeps its encoders, alignment and head, and a new pooling (with
+    the global similarity layer, when the pooled size changes) starts from scratch."""
+    own = model.state_dict()
+    kept = {name: tensor for name, tensor in state.items()
+            if name in own and tuple(own[name].shape) == tuple(tensor.shape)}
+    if not any(name.startswith(("image_encoder.", "text_encoder.")) for name in kept):
+        raise CheckpointError("the --init checkpoint shares no encoder weights with the model being trained "
+                              "(a different model size?)")
+    model.load_state_dict(kept, strict=False)
+    # A fresh pool is reported as a whole ("image_pool"), anything else by its module ("similarity.global_w").
+    fresh = {name.split(".")[0] if name.startswith(("image_pool.", "caption_pool.")) else name.rsplit(".", 1)[0]
+             for name in own if name not in kept}
+    return len(kept), sorted(fresh)
 
 
 def load_word_vectors(path: str, vocab, word_dim: int) -> torch.Tensor:
@@ -375,8 +406,11 @@ def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dic
     full_train = load_split(settings.data, "train", validate=validate)
     train_split = _subset(full_train, settings.train_subset)
     dev_split = _subset(load_split(settings.data, settings.dev_split, validate=validate), settings.dev_subset)
+    init = load_checkpoint(settings.init) if settings.init else None  # a resume needs its config too
     if checkpoint is not None:
         vocab = restore_vocab(checkpoint)
+    elif init is not None:  # the word ids the pretrained embedding was trained with
+        vocab = restore_vocab(init)
     elif (Path(settings.data) / "vocab.json").is_file():
         vocab = load_vocab(settings.data)
     else:  # built from the train captions only; the checkpoints carry it
@@ -385,7 +419,7 @@ def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dic
     img_dim = train_split.images.shape[2]
     if dev_split.images.shape[2] != img_dim:
         raise DataError(f"{dev_split.image_path}: features have {dev_split.images.shape[2]} dims, train has {img_dim}")
-    config, hyper = resolve_model(settings, img_dim, len(vocab))
+    config, hyper = resolve_model(settings, img_dim, len(vocab), init["config"] if init is not None else None)
     if checkpoint is not None and checkpoint["config"] != config.to_dict():
         differ = sorted(k for k in config.to_dict() if checkpoint["config"].get(k) != config.to_dict()[k])
         raise CheckpointError(f"{last_path}: was trained with another model config (differs in {', '.join(differ)})")
@@ -398,8 +432,16 @@ def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dic
     word_vectors = (load_word_vectors(settings.word_vectors, vocab, config.word_dim)
                     if settings.word_vectors and checkpoint is None else None)
     model = RetrievalModel(config, word_vectors=word_vectors).to(device)
+    pretrained_pools = False  # pools taken over from --init keep their trained hyperplanes
+    if init is not None and checkpoint is None:
+        kept, fresh = load_pretrained(model, init["model"])
+        pretrained_pools = "image_pool" not in fresh and "caption_pool" not in fresh
+        if info.is_main and settings.progress:
+            print(f"initialised from {settings.init}: {kept} tensors kept"
+                  + (f"; trained from scratch: {', '.join(fresh)}" if fresh else ""))
     pools_initialised = None
-    if checkpoint is None and settings.init_pools:  # before the optimizer sees the parameters
+    # Before the optimizer sees the parameters; after --init, so a fresh pool fits itself to pretrained tokens.
+    if checkpoint is None and settings.init_pools and not pretrained_pools:
         pools_initialised = _init_pools(model, train_split, vocab, hyper["batch_size"], settings.seed, device)
     if info.enabled and device.type == "cuda":
         # Batch statistics over the global batch, as one process would see them (gloo has no SyncBatchNorm).
@@ -437,7 +479,7 @@ def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dic
         objective = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)
     step = _Stepper(objective, optimizer, scaler, parameters, hyper["grad_clip"], use_amp, amp_dtype,
-                    settings.mask_same_image)
+                    hyper["mask_same_image"])
     progress = settings.progress and info.is_main
 
     def checkpoint_extra(full: bool) -> dict[str, Any]:

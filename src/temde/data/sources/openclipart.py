@@ -186,12 +186,14 @@ def make_captions(items: list[ClipArt], max_title_repeats: int = MAX_TITLE_REPEA
                 or description_count[description_key] > max_title_repeats):
             description = ""
         description = " ".join(description.split()[:MAX_DESCRIPTION_WORDS])
-        seen_words = set(tokenize(f"{title} {description}"))
+        # The regex's words, as when the data set was made: NLTK's would keep "bird." whole in "Night bird. mail"
+        # and so keep keywords that repeat the title or description, changing the captions.
+        seen_words = set(tokenize(f"{title} {description}", "words"))
         keywords: list[str] = []
         for keyword in item.meta.keywords:
             keyword = _clean(keyword.replace("_", " ")).lower()
             key = normalise_text(keyword)
-            words = set(tokenize(keyword))
+            words = set(tokenize(keyword, "words"))
             if not key or key in JUNK_KEYWORDS or key == creator_key or words <= seen_words:
                 continue  # junk, the author's name, or nothing the title/description does not already say
             seen_words |= words
