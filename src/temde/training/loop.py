@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from temde.errors import CheckpointError, DataError, TemdeError
-from temde.evaluation import evaluate
+from temde.evaluation import chance_rsum, evaluate
+from temde.outputs import OutputFolderError, inspect_folder, write_record
 from temde.scoring import CAPTION_BLOCK, IMAGE_BLOCK
 from temde.training import distributed
 from temde.training.checkpoint import load_checkpoint, restore_vocab, rng_state, save_checkpoint, set_rng_state
@@ -75,7 +76,8 @@ class TrainSettings:
     seed: int = 0
     workers: int = 0
     device: str = "cpu"
-    resume: bool = False
+    resume: bool = False  # continue the run in `out` from its last.pt (settings checked against the run's)
+    force: bool = False  # start over in `out`, replacing a run already there
     amp: bool = False  # mixed precision; only takes effect on CUDA
     amp_dtype: str = "bfloat16"  # or "float16" (with loss scaling); bfloat16 falls back to float16 where unsupported
     log_every: int = 50  # steps between rows of steps.csv
@@ -112,6 +114,8 @@ class TrainSettings:
             raise ValueError(f"margin: expected a number >= 0, got {self.margin!r}")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"workers: expected an integer >= 0, got {self.workers!r}")
+        if self.resume and self.force:
+            raise ValueError("resume and force: choose one (continue the run in out, or start it over)")
         if self.amp_dtype not in ("bfloat16", "float16"):
             raise ValueError(f"amp_dtype: expected 'bfloat16' or 'float16', got {self.amp_dtype!r}")
         if self.temperature_anneal is not None and (len(self.temperature_anneal) != 2
@@ -170,15 +174,20 @@ def resolve_model(settings: TrainSettings, img_dim: int, vocab_size: int, init_c
             raise TemdeError(f"{settings.init}: the checkpoint's vocabulary has {init_config.get('vocab_size')} "
                              f"words, the vocabulary in use {vocab_size}")
         values = {**init_config, **overrides}
-    explicit = {"epochs": settings.epochs, "learning_rate": settings.lr, "lr_update": settings.lr_update,
-                "lr_decay": settings.lr_decay, "batch_size": settings.batch_size, "margin": settings.margin,
-                "max_violation": settings.max_violation, "grad_clip": settings.grad_clip,
-                "warmup_epochs": settings.warmup_epochs, "mask_same_image": settings.mask_same_image}
-    hyper.update({key: value for key, value in explicit.items() if value is not None})
+    hyper.update(explicit_hyper(settings))
     for key in ("epochs", "batch_size", "lr_update"):  # explicit values are validated; this catches a preset's
         if not isinstance(hyper[key], int) or hyper[key] < 1:
             raise TemdeError(f"preset {settings.model!r}: train {key} must be a positive integer, got {hyper[key]!r}")
     return ModelConfig.from_dict(values), hyper
+
+
+def explicit_hyper(settings: TrainSettings) -> dict[str, Any]:
+    """The training hyper-parameters the settings give explicitly (not None), under their DEFAULT_TRAIN names."""
+    explicit = {"epochs": settings.epochs, "learning_rate": settings.lr, "lr_update": settings.lr_update,
+                "lr_decay": settings.lr_decay, "batch_size": settings.batch_size, "margin": settings.margin,
+                "max_violation": settings.max_violation, "grad_clip": settings.grad_clip,
+                "warmup_epochs": settings.warmup_epochs, "mask_same_image": settings.mask_same_image}
+    return {key: value for key, value in explicit.items() if value is not None}
 
 
 def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, list[str]]:
@@ -373,6 +382,112 @@ class _NoLogger:
     def close(self) -> None: ...
 
 
+# ---- the run folder: a new run, a run continued (resume) or started over (force) ----------------------------
+
+RUN_FILES = ("last.pt", "best.pt", "config.json", "epochs.csv", "steps.csv")
+# Settings a resumed run keeps from the run itself. Left out (None) they are the run's; given, they must equal it.
+RESUMED_IF_GIVEN = ("init", "word_vectors", "train_subset", "dev_subset", "max_steps_per_epoch", "temperature_anneal")
+# Settings that always have a value (the CLI's defaults): a resume must give the run's.
+RESUMED_ALWAYS = ("model", "seed", "global_loss", "dev_split")
+_FLAG_NAMES = {"learning_rate": "--lr", "max_violation": "--hardest-negatives/--all-negatives", "lr_decay": "lr_decay"}
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after the progress bar is closed. `saved_epoch`: the epoch last.pt holds (0: none
+    was saved), so the caller can say how to continue."""
+
+    def __init__(self, run_dir: Path, saved_epoch: int, epochs: int) -> None:
+        last = run_dir / "last.pt"
+        super().__init__(f"{last} holds epoch {saved_epoch} of {epochs}" if saved_epoch else
+                         f"no epoch was saved in {run_dir}")
+        self.run_dir, self.saved_epoch, self.epochs = run_dir, saved_epoch, epochs
+
+
+def _flag(key: str) -> str:
+    return _FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value  # checkpoints store tuples as lists
+
+
+def _older_run(folder: Path) -> dict | None:
+    """A run folder written before output records existed: its files say so (its settings live in last.pt)."""
+    return {} if any((folder / name).exists() for name in RUN_FILES) else None
+
+
+def open_run_folder(settings: TrainSettings, write: bool = True) -> dict | None:
+    """Apply the output-folder policy (temde.outputs) to `settings.out`: a folder holding something else is
+    refused; a run already there needs resume (returns its last.pt) or force (its checkpoints are removed, so a
+    kill cannot leave the old run's best.pt beside the new run's logs). `write`: rank 0 of a distributed run."""
+    run_dir = Path(settings.out)
+    last = run_dir / "last.pt"
+    inspect_folder(run_dir, "train", _older_run)
+    checkpoint = None
+    if settings.resume:
+        if not last.is_file():
+            why = "the run saved no epoch yet" if run_dir.is_dir() and any(run_dir.iterdir()) else "no run there"
+            raise CheckpointError(f"--resume: {last} not found ({why}); run without --resume to start the run")
+        checkpoint = load_checkpoint(last)
+    elif last.exists() and not settings.force:
+        raise OutputFolderError(f"{run_dir}: holds a run (last.pt); pass --resume to continue it, --force to start it "
+                                f"over, or choose another --out")
+    if write:
+        if settings.force:
+            for name in ("last.pt", "best.pt"):
+                (run_dir / name).unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_record(run_dir, "train", settings.to_dict())
+    return checkpoint
+
+
+def resumed_settings(settings: TrainSettings, checkpoint: dict) -> tuple[TrainSettings, list[str]]:
+    """The settings a resume runs with (left-out ones taken from the run) and the given ones that contradict it."""
+    run = checkpoint["extra"].get("settings", {})
+    conflicts, taken = [], {}
+    for key in RESUMED_IF_GIVEN + RESUMED_ALWAYS:
+        if key not in run:  # a checkpoint from before the setting existed
+            continue
+        mine = _plain(getattr(settings, key))
+        if mine is None and key in RESUMED_IF_GIVEN:
+            value = run[key]
+            taken[key] = tuple(value) if key == "temperature_anneal" and value is not None else value
+        elif mine != run[key]:
+            conflicts.append(f"{_flag(key)} {mine} (the run: {run[key]})")
+    return dataclasses.replace(settings, **taken), conflicts
+
+
+def resumed_hyper(settings: TrainSettings, checkpoint: dict, config: dict, conflicts: list[str],
+                  verbose: bool = True) -> dict[str, Any]:
+    """The run's training hyper-parameters, checked against the ones given again. Only --epochs may change: a
+    finished run can be extended (or an unfinished one shortened, down to the epochs it has trained); any other
+    difference, here or in `conflicts`, refuses the resume in one line naming every setting involved."""
+    extra = checkpoint["extra"]
+    run_hyper, done = dict(extra["hyper"]), extra["epoch"]
+    for key, value in explicit_hyper(settings).items():
+        if key != "epochs" and run_hyper.get(key) != value:
+            conflicts.append(f"{_flag(key)} {value} (the run: {run_hyper.get(key)})")
+    epochs = settings.epochs if settings.epochs is not None else run_hyper["epochs"]
+    if epochs < done:
+        conflicts.append(f"--epochs {epochs} (the run has trained {done} already)")
+    elif epochs != run_hyper["epochs"] and settings.temperature_anneal is not None:
+        conflicts.append(f"--epochs {epochs} (the run: {run_hyper['epochs']}; its temperature schedule spans them)")
+    run_config = checkpoint["config"]
+    for key in sorted(set(run_config) | set(config)):
+        if run_config.get(key) != config.get(key):
+            conflicts.append(f"model {key} {config.get(key)} (the run: {run_config.get(key)})")
+    if conflicts:
+        raise CheckpointError(f"{settings.out}: --resume with settings the run was not trained with: "
+                              f"{'; '.join(conflicts)}; resume with the run's settings, or pass --force instead of "
+                              f"--resume to start over with these")
+    if verbose and epochs != run_hyper["epochs"]:
+        print(f"resuming {settings.out} after epoch {done}: the run now ends at epoch {epochs} instead of "
+              f"{run_hyper['epochs']} (--epochs)")
+    elif verbose and done >= epochs:
+        print(f"{settings.out}: the run is complete ({done} of {epochs} epochs); nothing to train")
+    return {**run_hyper, "epochs": epochs}
+
+
 def train(settings: TrainSettings) -> dict[str, Any]:
     """Train one model; returns best_rsum, best_epoch, history (one dict per epoch), train_seconds, paths,
     rank and world_size. Under torchrun (WORLD_SIZE > 1) every process calls this; see distributed.py."""
@@ -395,18 +510,18 @@ def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dic
 
     run_dir = Path(settings.out)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    checkpoint = None
-    if settings.resume and last_path.is_file():
-        checkpoint = load_checkpoint(last_path)
-    elif not settings.resume and last_path.exists():
-        raise TemdeError(f"{last_path} exists: pass resume to continue that run, or choose another output folder")
+    checkpoint = open_run_folder(settings, write=info.is_main)
+    conflicts: list[str] = []  # settings of a --resume that contradict the run's, all named in one refusal
+    if checkpoint is not None:
+        settings, conflicts = resumed_settings(settings, checkpoint)
 
     # One process reading every feature to check it is finite is enough (a failure there ends the whole job).
     validate = settings.validate_data and info.is_main
     full_train = load_split(settings.data, "train", validate=validate)
     train_split = _subset(full_train, settings.train_subset)
     dev_split = _subset(load_split(settings.data, settings.dev_split, validate=validate), settings.dev_subset)
-    init = load_checkpoint(settings.init) if settings.init else None  # a resume needs its config too
+    # A resume takes its weights, vocabulary and config from last.pt; --init only starts a new run.
+    init = load_checkpoint(settings.init) if settings.init and checkpoint is None else None
     if checkpoint is not None:
         vocab = restore_vocab(checkpoint)
     elif init is not None:  # the word ids the pretrained embedding was trained with
@@ -419,10 +534,10 @@ def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dic
     img_dim = train_split.images.shape[2]
     if dev_split.images.shape[2] != img_dim:
         raise DataError(f"{dev_split.image_path}: features have {dev_split.images.shape[2]} dims, train has {img_dim}")
-    config, hyper = resolve_model(settings, img_dim, len(vocab), init["config"] if init is not None else None)
-    if checkpoint is not None and checkpoint["config"] != config.to_dict():
-        differ = sorted(k for k in config.to_dict() if checkpoint["config"].get(k) != config.to_dict()[k])
-        raise CheckpointError(f"{last_path}: was trained with another model config (differs in {', '.join(differ)})")
+    base_config = checkpoint["config"] if checkpoint is not None else init["config"] if init is not None else None
+    config, hyper = resolve_model(settings, img_dim, len(vocab), base_config)
+    if checkpoint is not None:
+        hyper = resumed_hyper(settings, checkpoint, config.to_dict(), conflicts, info.is_main)
     if hyper["batch_size"] < info.world_size:
         raise TemdeError(f"batch size {hyper['batch_size']} is smaller than the {info.world_size} processes; "
                          "--batch-size is the global batch, split across them")
@@ -436,7 +551,7 @@ def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dic
     if init is not None and checkpoint is None:
         kept, fresh = load_pretrained(model, init["model"])
         pretrained_pools = "image_pool" not in fresh and "caption_pool" not in fresh
-        if info.is_main and settings.progress:
+        if info.is_main:  # printed even when quiet: which weights were kept is part of the result
             print(f"initialised from {settings.init}: {kept} tensors kept"
                   + (f"; trained from scratch: {', '.join(fresh)}" if fresh else ""))
     pools_initialised = None
@@ -481,6 +596,8 @@ def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dic
     step = _Stepper(objective, optimizer, scaler, parameters, hyper["grad_clip"], use_amp, amp_dtype,
                     hyper["mask_same_image"])
     progress = settings.progress and info.is_main
+    # What random scores would get on this dev split: a dev rsum near it means nothing was learned (yet).
+    chance = chance_rsum(dev_split.n_images, dev_split.captions_per_image)
 
     def checkpoint_extra(full: bool) -> dict[str, Any]:
         extra = {key: state[key] for key in ("epoch", "step", "best_rsum", "best_epoch", "train_seconds")}
@@ -491,6 +608,7 @@ def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dic
                          scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_state())
         return extra
 
+    saved_epoch, bar = state["epoch"], None  # the epoch last.pt holds; the progress bar an interrupt must close
     try:
         for epoch in range(state["epoch"], epochs):
             temperature = _anneal(settings, epochs, epoch)
@@ -563,9 +681,15 @@ def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dic
             if info.is_main:
                 save_checkpoint(last_path, model.state_dict(), config.to_dict(), vocab.to_json(),
                                 checkpoint_extra(True))
+            saved_epoch = epoch + 1
             if progress:
                 tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.4f}  dev rsum "
-                           f"{metrics['rsum']:.1f}  (best {state['best_rsum']:.1f} at epoch {state['best_epoch']})")
+                           f"{metrics['rsum']:.1f} (chance {chance:.1f})  "
+                           f"(best {state['best_rsum']:.1f} at epoch {state['best_epoch']})")
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()  # the bar's line is cleared, so what the caller prints next starts on a line of its own
+        raise TrainingInterrupted(run_dir, saved_epoch, epochs) from None
     finally:
         logger.close()
 
@@ -574,6 +698,7 @@ def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dic
         "history": state["history"], "train_seconds": state["train_seconds"], "epochs": state["epoch"],
         "steps": state["step"], "best_checkpoint": str(best_path), "last_checkpoint": str(last_path),
         "pools_initialised": pools_initialised, "rank": info.rank, "world_size": info.world_size,
+        "chance_rsum": chance,
     }
 
 
