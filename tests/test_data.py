@@ -367,3 +367,48 @@ def test_loader_with_a_sampler(tmp_path):
     sampler = torch.utils.data.distributed.DistributedSampler(range(8), num_replicas=2, rank=1, shuffle=False)
     loader = make_loader(split, Vocabulary(), batch_size=8, shuffle=True, seed=0, sampler=sampler)
     assert [b.caption_ids.tolist() for b in loader] == [[1, 3, 5, 7]]
+
+
+# ---- caption -> image index: 1..n captions per image ----------------------------------------------------------
+
+def test_caption_index_round_trip_and_batches(tmp_path):
+    from temde.data import load_split, make_loader, write_split
+    from temde.data.precomp import caption_index_file
+    from temde.data.vocab import Vocabulary
+
+    images = np.arange(3 * 2 * 4, dtype=np.float32).reshape(3, 2, 4)
+    captions = ["a cat", "a small cat", "a dog", "a red car", "a car", "one more car"]
+    owner = np.array([0, 0, 1, 2, 2, 2])
+    write_split(tmp_path, "test", images, captions, caption_images=owner)
+    split = load_split(tmp_path, "test")
+    assert split.captions_per_image == 0 and split.image_ids().tolist() == owner.tolist()
+    assert split.layout is split.caption_images and split.captions_of(2) == [3, 4, 5]
+    batch = next(iter(make_loader(split, Vocabulary.build(captions), 6, shuffle=False)))
+    assert batch.image_ids.tolist() == owner.tolist()
+    assert np.array_equal(batch.images.numpy(), images[owner])  # each caption with its own image's regions
+    # Rewriting the split in the fixed layout drops the index, so it cannot re-assign the new captions.
+    write_split(tmp_path, "test", images, captions)
+    assert not caption_index_file(tmp_path, "test").exists()
+    assert load_split(tmp_path, "test").captions_per_image == 2
+
+
+@pytest.mark.parametrize("index, message", [
+    (np.array([0, 0, 1, 3]), "caption 3 points to image 3, outside the 3 images"),
+    (np.array([0, 0, 1, 1]), "image 2 has no caption"),
+    (np.array([0, 1, 2]), "3 entries for 4 captions"),
+    (np.array([0.0, 1.0, 2.0, 2.0]), "integer array"),
+])
+def test_bad_caption_index_is_one_line_naming_the_file(tmp_path, index, message):
+    from temde.data import load_split, write_split
+    from temde.data.precomp import caption_index_file
+    from temde.errors import DataError
+
+    write_split(tmp_path, "dev", np.zeros((3, 2, 4), dtype=np.float32), ["a", "b", "c", "d"],
+                caption_images=np.array([0, 1, 2, 2]))
+    np.save(caption_index_file(tmp_path, "dev"), index)
+    with pytest.raises(DataError, match=message) as error:
+        load_split(tmp_path, "dev")
+    assert str(caption_index_file(tmp_path, "dev")) in str(error.value)
+    with pytest.raises(ValueError, match=message):
+        write_split(tmp_path / "w", "dev", np.zeros((3, 2, 4), dtype=np.float32), ["a", "b", "c", "d"],
+                    caption_images=index)

@@ -74,6 +74,20 @@ def test_demo_end_to_end_on_a_tiny_prepared_folder(tiny_data, tmp_path):
     for figure in ("curves.png", "examples.png", "sketch.png"):
         assert (out / figure).stat().st_size > 10_000
         assert figure in results["figures"]
+    assert "One seed: nothing here separates" in report and "read differences under ~1.5x as noise" in report
+
+    # The same request again reuses the finished runs; another one is refused before anything runs.
+    import dataclasses
+
+    from temde.outputs import OutputFolderError
+
+    stamps = {run: (out / "runs" / run / "last.pt").stat().st_mtime_ns for run in ("attention-seed0", "temde-seed0")}
+    again = run_demo(settings, log=lambda message: None)
+    assert {run: (out / "runs" / run / "last.pt").stat().st_mtime_ns for run in stamps} == stamps
+    assert again["temde"]["rsum"] == results["temde"]["rsum"]
+    with pytest.raises(OutputFolderError, match=r"--epochs 3 \(recorded: 2\).*--force"):
+        run_demo(dataclasses.replace(settings, epochs=3), log=lambda message: None)
+    assert {run: (out / "runs" / run / "last.pt").stat().st_mtime_ns for run in stamps} == stamps
 
 
 def test_report_calls_a_difference_within_noise_only_below_two_standard_errors():

@@ -279,3 +279,46 @@ def test_bad_folds():
 def test_format_metrics():
     text = format_metrics(evaluate(np.eye(3), 1))
     assert "rsum: 600.0" in text and "R@1 100.0" in text
+
+
+# ---- a variable number of captions per image (caption -> image index) ------------------------------------
+
+VARIABLE_OWNER = np.array([0, 0, 1, 2, 2])
+VARIABLE_SIMS = np.array([[0.9, 0.1, 0.5, 0.95, 0.2],
+                          [0.3, 0.3, 0.3, 0.1, 0.0],
+                          [0.0, 0.2, 0.1, 0.4, 0.8]])
+
+
+def test_variable_layout_ranks_worked_by_hand():
+    # image 0: best own 0.9, caption 3 (0.95) above -> 1; image 1: own 0.3 tied with captions 0 and 1 -> 2;
+    # image 2: own best 0.8, nothing above -> 0.
+    assert image_to_text_ranks(VARIABLE_SIMS, VARIABLE_OWNER).tolist() == [1, 2, 0]
+    # caption 1 (image 0, 0.1) has images 1 (0.3) and 2 (0.2) above; captions 2 and 3 one image each.
+    assert text_to_image_ranks(VARIABLE_SIMS, VARIABLE_OWNER).tolist() == [0, 2, 1, 1, 0]
+    metrics = evaluate(VARIABLE_SIMS, VARIABLE_OWNER)
+    assert metrics["i2t_r1"] == pytest.approx(100 / 3) and metrics["t2i_r1"] == pytest.approx(40.0)
+    # The fixed layout is the special case owner = j // k.
+    sims = np.random.default_rng(0).standard_normal((4, 8))
+    assert evaluate(sims, 2) == evaluate(sims, np.arange(8) // 2)
+
+
+def test_variable_layout_folds_and_chance():
+    owner = np.array([0, 1, 1, 1, 2, 3, 3])
+    sims = np.random.default_rng(3).standard_normal((4, 7))
+    folds = evaluate_folds(sims, owner, 2)
+    first = evaluate(sims[:2, :4], owner[:4])
+    second = evaluate(sims[2:, 4:], owner[4:] - 2)
+    assert folds["folds"] == [first, second]
+    # Chance: image->text of an image with n true captions among 7 at cutoff K is 1 - C(7-n, K)/C(7, K).
+    from math import comb
+
+    def hit(n, k):
+        return 1.0 if k >= 7 - n + 1 else 1 - comb(7 - n, k) / comb(7, k)
+
+    i2t = np.mean([sum(hit(n, k) for k in (1, 5, 10)) for n in (1, 3, 1, 2)])
+    t2i = sum(min(k, 4) / 4 for k in (1, 5, 10))
+    assert chance_rsum(4, owner) == pytest.approx(100 * (i2t + t2i))
+    with pytest.raises(ValueError, match="image 2 has no caption"):
+        evaluate(np.zeros((3, 3)), np.array([0, 1, 1]))
+    with pytest.raises(ValueError, match="3 caption->image entries for 4 captions"):
+        evaluate(np.zeros((3, 4)), np.array([0, 1, 2]))

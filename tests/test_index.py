@@ -354,6 +354,98 @@ def test_cli_build_search_html_and_errors(tiny, tmp_path, capsys):
     assert "no such index" in capsys.readouterr().err
 
 
+def test_index_build_output_folder_policy(tiny, tmp_path, capsys):
+    out = tmp_path / "ix"
+    build = ["index", "build", "--checkpoint", str(tiny["ckpt"]["a"]), "--data", str(tiny["data"]), "--out", str(out)]
+    assert main(build) == 0
+    assert main(build) == 0  # the same request: rebuilt, and said so
+    assert "rebuilding it" in capsys.readouterr().out
+    assert main(build + ["--kind", "hnsw"]) == 2  # another request: refused, naming the setting and --force
+    err = capsys.readouterr().err.strip()
+    assert "--kind hnsw (recorded: flat)" in err and "--force" in err and len(err.splitlines()) == 1
+    assert main(build[:3] + [str(tiny["ckpt"]["b"])] + build[4:]) == 2
+    assert "the checkpoint's weights" in capsys.readouterr().err
+    assert main(build + ["--kind", "hnsw", "--force"]) == 0
+    assert read_meta(out)["kind"] == "hnsw"
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("mine")
+    assert main(build[:-1] + [str(notes), "--force"]) == 2
+    assert "not a `temde index build` output folder" in capsys.readouterr().err
+
+
+def _data_with_images_elsewhere(tiny, root, images_root):
+    """A copy of the tiny data folder whose manifest has the layout `temde prepare` writes: image names relative
+    to an `images_root` outside the data folder (openclipart's images live in the cache, not in the data set)."""
+    import shutil
+
+    data = root / "data"
+    data.mkdir(parents=True)
+    for name in ("test_ims.npy", "test_caps.txt", "vocab.json"):
+        shutil.copy(tiny["data"] / name, data / name)
+    names = [f"pic{i}.svg" for i in range(N_IMAGES)]
+    (data / "manifest.json").write_text(json.dumps({
+        "source": "folder", "images_root": str(images_root),
+        "splits": {"test": {"n_images": N_IMAGES, "n_captions": N_IMAGES * K_CAPS, "images": names}}}))
+    return data, names
+
+
+def test_read_manifest_resolves_image_names_against_images_root(tiny, tmp_path):
+    from temde.index.html import read_manifest
+
+    data, names = _data_with_images_elsewhere(tiny, tmp_path, tmp_path / "elsewhere")
+    assert read_manifest(data, "test", N_IMAGES) == [tmp_path / "elsewhere" / n for n in names]
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["images_root"] = "../pictures"  # a relative root is relative to the data folder
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert read_manifest(data, "test", N_IMAGES) == [data / ".." / "pictures" / n for n in names]
+    del manifest["images_root"]  # no root: names are relative to the data folder itself
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert read_manifest(data, "test", N_IMAGES) == [data / n for n in names]
+
+
+def test_search_page_shows_images_from_images_root_and_says_why_when_it_cannot(tiny, built, tmp_path, capsys):
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    data, names = _data_with_images_elsewhere(tiny, tmp_path, pictures)
+    for i, name in enumerate(names):
+        (pictures / name).write_text(f'<svg xmlns="http://www.w3.org/2000/svg"><text>{i}</text></svg>')
+    page, record = tmp_path / "page" / "results.html", tmp_path / "hits.json"
+    args = ["search", "--index", str(built), "--data", str(data), "--query", "red apple", "-k", "4",
+            "--html", str(page), "--json", str(record)]
+    assert main(args) == 0
+    hits = json.loads(record.read_text())["hits"]
+    sources = re.findall(r'<img src="([^"]+)"', page.read_text())
+    assert [(page.parent / unquote(src)).resolve() for src in sources] == \
+        [(pictures / names[h["item"]]).resolve() for h in hits]
+    out = capsys.readouterr()
+    assert "with their images" in out.out and "warning" not in out.err and 'class="notice"' not in page.read_text()
+
+    # The images moved away: the page and the command both say which are missing and why.
+    pictures.rename(tmp_path / "moved")
+    for mode in ("relative", "inline"):
+        assert main(args + ["--html-images", mode]) == 0
+        out = capsys.readouterr()
+        text = page.read_text()
+        assert "<img" not in text and 'class="notice"' in text
+        notice = re.search(r'<p class="notice">([^<]+)</p>', text).group(1)
+        assert "4 of the 4 images cannot be shown" in notice and str(pictures / names[hits[0]["item"]]) in notice
+        assert str(data / "manifest.json") in notice
+        assert out.err.count("warning: 4 of the 4 images cannot be shown") == 1
+        assert out.out.strip().endswith("images missing (see the warning above)")
+
+
+def test_a_query_of_only_unknown_words_is_warned_about(built, tmp_path, capsys):
+    page = tmp_path / "page.html"
+    assert main(["search", "--index", str(built), "--query", "zebra xylophone", "-k", "2", "--html", str(page)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: None of the query's words is in the model's vocabulary (zebra, xylophone)" in err
+    assert "the results say nothing about what was asked" in page.read_text()
+    assert main(["search", "--index", str(built), "--query", "red zebra", "-k", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "warning" not in err and "read as <unk>): zebra" in err
+
+
 def test_two_stage_folds_with_whole_fold_galleries_equal_evaluate_folds(tiny):
     from temde.evaluation import METRIC_KEYS, evaluate_folds
 

@@ -11,10 +11,12 @@ from temde.models.alignment import scan_text_to_image
 from temde.models.heads import SAFHead
 from temde.pooling import list_pools
 
-HEADS = ("saf", "sgr")
-POOL_OPTIONS = {"attention": {}, "temde": {"n_partitions": 3, "n_bits": 3}, "mha": {"heads": 2}, "mean": {}}
+HEADS = ("saf", "sgr", "vse")
+POOL_OPTIONS = {"attention": {}, "temde": {"n_partitions": 3, "n_bits": 3}, "gpo": {}, "mha": {"heads": 2},
+                "mean": {}, "max": {}}
 VOCAB = 30
-BIASES_BEFORE_BATCHNORM = {"head.gate.bias", "image_pool.local_linear.bias", "image_pool.global_linear.bias"}
+BIASES_BEFORE_BATCHNORM = {"head.gate.bias", "image_pool.local_linear.bias", "image_pool.global_linear.bias",
+                           "image_encoder.mlp_in.bias"}
 # The attention pools' Linear->1 bias adds the same constant to every token's logit before a softmax over tokens,
 # which is shift-invariant: its exact gradient is zero (in SGRAF too); rounding may or may not leave a trace.
 BIASES_BEFORE_SOFTMAX = {"image_pool.score.bias", "caption_pool.score.bias"}
@@ -96,7 +98,8 @@ def test_config_round_trips_through_a_plain_dict():
         ModelConfig.from_dict({**config.to_dict(), "colour": "red"})
 
 
-@pytest.mark.parametrize("bad", [dict(head="vse"), dict(pooling="max"), dict(embed_size=0),
+@pytest.mark.parametrize("bad", [dict(head="bogus"), dict(pooling="bogus"), dict(embed_size=0),
+                                 dict(head="vse", global_score=1.0),
                                  dict(shared_pool=True, pooling="attention"),
                                  dict(pool_options={"batchnorm": True})])
 def test_invalid_config_is_a_value_error(bad):
@@ -114,9 +117,9 @@ def test_forward_backward_every_parameter_gets_a_gradient(head, pooling):
     images, tokens, lengths = random_batch()
     scores = model(images, None, tokens, lengths)
     assert scores.shape == (5, 4)
-    # the head's sigmoid in (0, 1), plus global_score x a cosine in [-1, 1] where the preset adds it
-    weight = model.config.global_score
-    assert torch.isfinite(scores).all() and (scores > -weight).all() and (scores < 1 + weight).all()
+    # the head's sigmoid in (0, 1), plus global_score x a cosine in [-1, 1] where the preset adds it; vse: a cosine
+    low, high = (-1.0, 1.0) if head == "vse" else (-model.config.global_score, 1 + model.config.global_score)
+    assert torch.isfinite(scores).all() and (scores >= low - 1e-6).all() and (scores <= high + 1e-6).all()
     scores.sum().backward()
     for name, param in model.named_parameters():
         assert param.grad is not None, f"{name} got no gradient"
@@ -251,8 +254,9 @@ def test_caption_padding_does_not_change_scores(head, pooling):
 
 
 @pytest.mark.parametrize("pooling", list_pools())
-def test_region_padding_does_not_change_scores(pooling):
-    model = tiny_model("saf", pooling).double().eval()
+@pytest.mark.parametrize("head", ["saf", "vse"])
+def test_region_padding_does_not_change_scores(head, pooling):
+    model = tiny_model(head, pooling).double().eval()
     images, tokens, lengths = random_batch()
     images = images.double()
     padded = torch.cat([images, torch.randn(5, 3, 12, dtype=torch.float64)], dim=1)  # 3 junk regions, masked

@@ -290,9 +290,99 @@ def test_zero_dev_images_writes_no_dev_split_and_removes_an_old_one(tmp_path):
     out = tmp_path / "out"
     prepare_folder(images, tsv, out, n_dev=2, n_test=2, seed=0, extractor=CodeExtractor(), log=quiet)
     assert available_splits(out) == ["train", "dev", "test"]
-    manifest = prepare_folder(images, tsv, out, n_dev=0, n_test=2, seed=0, extractor=CodeExtractor(), log=quiet)
+    manifest = prepare_folder(images, tsv, out, n_dev=0, n_test=2, seed=0, extractor=CodeExtractor(), force=True,
+                              log=quiet)
     assert available_splits(out) == ["train", "test"] and set(manifest["splits"]) == {"train", "test"}
     assert manifest["splits"]["train"]["n_images"] == 6
+
+
+def test_output_folder_policy_of_prepare(tmp_path, capsys):
+    from temde.outputs import OutputFolderError
+
+    images, tsv, _, _ = make_folder(tmp_path, n=8)
+    out = tmp_path / "out"
+    first = prepare_folder(images, tsv, out, n_dev=2, n_test=2, seed=0, extractor=CodeExtractor(), log=quiet)
+    # The same request again rebuilds the same data set (features come from the cache in real use).
+    messages = []
+    again = prepare_folder(images, tsv, out, n_dev=2, n_test=2, seed=0, extractor=CodeExtractor(),
+                           log=messages.append)
+    assert again["splits"] == first["splits"] and "same settings" in messages[1]
+    # Another request is refused, naming what differs and --force; nothing is touched.
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(OutputFolderError, match=r"--seed 1 \(recorded: 0\).*--force"):
+        prepare_folder(images, tsv, out, n_dev=2, n_test=2, seed=1, extractor=CodeExtractor(), log=quiet)
+    tsv.write_text(tsv.read_text(encoding="utf-8").replace("picture", "photo"), encoding="utf-8")
+    with pytest.raises(OutputFolderError, match="the content of --captions"):
+        prepare_folder(images, tsv, out, n_dev=2, n_test=2, seed=0, extractor=CodeExtractor(), log=quiet)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    replaced = prepare_folder(images, tsv, out, n_dev=2, n_test=2, seed=0, extractor=CodeExtractor(), force=True,
+                              log=quiet)
+    assert load_split(out, "train").captions[0].startswith("photo")
+    assert replaced["splits"]["train"]["n_images"] == 4
+    # A folder holding anything else is never written into, --force or not: one line, exit 2 from the CLI.
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine\n")
+    assert main(["prepare", "folder", "--images", str(images), "--captions", str(tsv), "--out", str(other),
+                 "--dev", "2", "--test", "2", "--force", "--no-feature-cache"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"temde prepare: error: {other}: not empty, not a `temde prepare` output folder; choose a new " \
+                  f"or empty --out"
+    assert [p.name for p in other.iterdir()] == ["todo.txt"]
+
+
+def test_a_data_set_prepared_before_records_existed(tmp_path):
+    from temde.data.sources.folder import older_dataset
+    from temde.outputs import RECORD_FILE, OutputFolderError
+
+    images, tsv, _, _ = make_folder(tmp_path, n=8)
+    out = tmp_path / "out"
+    prepare_folder(images, tsv, out, n_dev=2, n_test=2, seed=0, extractor=CodeExtractor(), log=quiet)
+    (out / RECORD_FILE).unlink()  # as an older temde left it
+    with pytest.raises(OutputFolderError, match="not recorded.*--force"):
+        prepare_folder(images, tsv, out, n_dev=2, n_test=2, seed=0, extractor=CodeExtractor(), log=quiet)
+    # openclipart manifests tell their settings: the demo's cached data sets stay usable
+    root = tmp_path / "openclipart"
+    fake_openclipart(root)
+    clip = tmp_path / "clip"
+    oc.prepare_openclipart(clip, tmp_path / "cache", extractor=CodeExtractor(), root=root, limit=12, n_dev=2,
+                           n_test=2, seed=0, max_title_repeats=5, log=quiet)
+    recorded = json.loads((clip / RECORD_FILE).read_text())["settings"]
+    (clip / RECORD_FILE).unlink()
+    assert older_dataset(clip) == {**recorded, "root": str(root)}  # an explicit root is kept as given
+
+
+def test_suggests_smaller_dev_and_test_for_a_small_folder(tmp_path):
+    images, tsv, _, _ = make_folder(tmp_path, n=30)
+    with pytest.raises(DataError, match=r"--dev 100 \+ --test 100 leaves no training images out of 30; with 30 "
+                                        r"images try --dev 3 --test 3"):
+        prepare_folder(images, tsv, tmp_path / "out", n_dev=100, n_test=100, seed=0, extractor=CodeExtractor(),
+                       log=quiet)
+
+
+def test_a_header_row_gets_a_hint(tmp_path):
+    images, tsv, _, _ = make_folder(tmp_path, n=4)
+    tsv.write_text("file\tcaption\n" + tsv.read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 1: image 'file' not found in .*; if line 1 is a header row, delete it"):
+        prepare_folder(images, tsv, tmp_path / "out", n_dev=1, n_test=1, seed=0, extractor=CodeExtractor(),
+                       log=quiet)
+
+
+def test_a_file_that_is_no_image_is_found_before_the_feature_pass(tmp_path):
+    images, tsv, _, _ = make_folder(tmp_path, n=4)
+    (images / "img02.png").write_bytes(b"definitely not a png")
+
+    class NeverCalled(CodeExtractor):
+        def extract(self, paths):
+            raise AssertionError("the feature pass ran before the unreadable image was reported")
+
+    with pytest.raises(DataError) as error:
+        prepare_folder(images, tsv, tmp_path / "out", n_dev=1, n_test=1, seed=0, extractor=NeverCalled(),
+                       log=quiet)
+    message = str(error.value)
+    assert message.endswith("line 5: image 'img02.png' is unreadable (not an image file PIL can read (unknown "
+                            "format or damaged header))")
+    assert "BytesIO" not in message
 
 
 def test_missing_image_names_the_caption_line(tmp_path):

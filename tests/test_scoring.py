@@ -11,7 +11,7 @@ from temde.models import Encoded, create_model
 from temde.pooling import list_pools
 from temde.scoring import encode_captions, encode_images, encode_split, loop_score_matrix, score_matrix
 
-POOL_OPTIONS = {"attention": {}, "temde": {"n_partitions": 3, "n_bits": 3}, "mha": {"heads": 2}, "mean": {}}
+POOL_OPTIONS = {"attention": {}, "temde": {"n_partitions": 3, "n_bits": 3}, "mha": {"heads": 2}, "mean": {}, "gpo": {}, "max": {}}
 VOCAB = 40
 LENGTHS = (3, 9, 2, 6, 5, 9, 4)
 

@@ -202,3 +202,85 @@ def test_state_dict_round_trip_keeps_temperature_and_standardisation():
     b.load_state_dict(a.state_dict())
     x = tokens(seed=9)
     torch.testing.assert_close(a(x), b(x))
+
+
+# ---- the hand-written backward of the factorised histogram -------------------------------------------------------
+
+def per_token_histogram(module, x, weights):
+    """The autograd path the hand-written backward replaces: the weighted sum of every token's [N, 2**K] code
+    probabilities (expand_bits of the bit sigmoids, checked against the product formula above)."""
+    return torch.einsum("bl,blnc->bnc", weights, module.assignments(x))
+
+
+@pytest.mark.parametrize("n_bits", [2, 3, 5, 6])
+def test_sigmoid_histogram_passes_gradcheck(n_bits):
+    from temde.sketch.temde import SigmoidHistogram, expand_bits
+
+    gen = torch.Generator().manual_seed(n_bits)
+    z = (2 * torch.randn(3, 5, 2, n_bits, generator=gen, dtype=torch.float64)).requires_grad_()
+    w = torch.rand(3, 5, generator=gen, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda z, w: SigmoidHistogram.apply(z, w, n_bits // 2), (z, w))
+    expected = torch.einsum("bl,blnc->bnc", w, expand_bits(torch.sigmoid(z)))
+    torch.testing.assert_close(SigmoidHistogram.apply(z, w, n_bits // 2), expected)
+
+
+VARIANTS = {
+    "plain": {},
+    "gate+power+proj": dict(token_weights=True, power=0.5, out_dim=5),
+    "residual": dict(residual=True),
+}
+
+
+@pytest.mark.parametrize("n_bits", [3, 4])  # odd: unequal high/low factors; even: equal
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_whole_module_gradients_pass_gradcheck_and_equal_the_autograd_path(n_bits, variant, monkeypatch):
+    module = TEMDE(6, n_partitions=2, n_bits=n_bits, temperature=0.7, **VARIANTS[variant]).double()
+    x = tokens(3, 5, 6, seed=n_bits).double()
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 1, 1, 0], [0, 0, 0, 1, 0]], dtype=torch.bool)  # holes, not a prefix
+    module.init_from_tokens(x, mask)
+    with torch.no_grad():
+        if module.gate is not None:
+            module.gate.weight.normal_(generator=torch.Generator().manual_seed(1))
+        if module.sketch_gain is not None:
+            module.sketch_gain.fill_(0.8)
+    names = [name for name, _ in module.named_parameters()]
+    inputs = (x.requires_grad_(), *[p.detach().clone().requires_grad_() for p in module.parameters()])
+
+    def pooled(x, *values):
+        return torch.func.functional_call(module, dict(zip(names, values)), (x, mask))
+
+    assert torch.autograd.gradcheck(pooled, inputs)
+    direction = torch.randn(3, module.out_dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    got = torch.autograd.grad((pooled(*inputs) * direction).sum(), inputs)
+    monkeypatch.setattr(TEMDE, "_factorised_histogram", per_token_histogram)
+    expected = torch.autograd.grad((pooled(*inputs) * direction).sum(), inputs)
+    for name, a, b in zip(["x", *names], got, expected):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10, msg=name)
+
+
+def test_backward_keeps_only_the_bits_and_weights(monkeypatch):
+    """Memory autograd keeps beyond the input and the parameters: the hand-written backward stores the bit
+    probabilities ([B, L, N, K]) and the weights, where autograd kept every factor of the product."""
+    from temde.bench.timing import saved_for_backward_bytes
+
+    module = TEMDE(32, n_partitions=16, n_bits=6).train()
+    x = tokens(8, 64, 32).requires_grad_()
+    module.init_from_tokens(x)
+    exclude = [x, *module.parameters()]
+    ours = saved_for_backward_bytes(lambda: module(x), exclude)
+    bits = 8 * 64 * 16 * 6 * 4
+    sketch_sized = 8 * 16 * 64 * 4  # the histogram and its row-normalised copy
+    assert ours <= bits + 8 * 64 * 4 + 4 * sketch_sized + 32 * 96 * 4 * 2
+    monkeypatch.setattr(TEMDE, "_factorised_histogram", per_token_histogram)
+    assert ours < saved_for_backward_bytes(lambda: module(x), exclude) / 4
+
+
+def test_far_from_every_plane_the_gradient_has_no_subnormal_numbers():
+    from temde.sketch.temde import SigmoidHistogram
+
+    z = torch.tensor([[[[95.0, -95.0, 3.0, -100.0]]]], requires_grad=True)  # sigmoid'(95) < float32's tiny
+    counts = SigmoidHistogram.apply(z, torch.ones(1, 1), 2)
+    grad, = torch.autograd.grad((counts * torch.arange(16.0)).sum(), z)
+    tiny = torch.finfo(torch.float32).tiny
+    assert torch.isfinite(grad).all() and not ((grad != 0) & (grad.abs() < tiny)).any()
+    assert grad[0, 0, 0, 2] != 0  # the plane it is near still gets its gradient

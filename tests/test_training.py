@@ -117,17 +117,88 @@ def test_resume_gives_the_same_run(data_dir, tmp_path):
 
 
 def test_run_folder_guards(data_dir, tmp_path):
+    from temde.outputs import OutputFolderError
+
     base = TrainSettings(data=str(data_dir), out=str(tmp_path / "run"), epochs=1, train_subset=32, dev_subset=10,
                          max_steps_per_epoch=1, **TINY)
     train(base)
-    with pytest.raises(TemdeError, match="last.pt exists"):
+    with pytest.raises(OutputFolderError, match="holds a run.*--resume.*--force"):
         train(base)  # never overwrite a run silently
-    with pytest.raises(CheckpointError, match="embed_size"):
+    with pytest.raises(CheckpointError, match="embed_size 16 \\(the run: 32\\)"):
         train(dataclasses.replace(base, resume=True, epochs=2, embed_size=16))
-    result = train(dataclasses.replace(base, resume=True, epochs=2))  # extending a finished run
+    # every contradicting setting is named at once, by its command-line flag
+    with pytest.raises(CheckpointError, match="--resume") as refused:
+        train(dataclasses.replace(base, resume=True, lr=0.5, seed=3, train_subset=16))
+    message = str(refused.value)
+    assert "--lr 0.5 (the run: 0.001)" in message and "--seed 3 (the run: 0)" in message
+    assert "--train-subset 16 (the run: 32)" in message and "\n" not in message
+    result = train(dataclasses.replace(base, resume=True, epochs=2))  # extending a finished run, explicitly
     assert [h["epoch"] for h in result["history"]] == [1, 2] and result["steps"] == 2
+    with pytest.raises(CheckpointError, match="--epochs 1 \\(the run has trained 2 already\\)"):
+        train(dataclasses.replace(base, resume=True, epochs=1))
+    # left-out settings are the run's: no --epochs means the run's 2, a finished run; no --train-subset, its 32
+    again = train(dataclasses.replace(base, resume=True, epochs=None, train_subset=None))
+    assert again["epochs"] == 2 and again["steps"] == 2
     with pytest.raises(TemdeError, match="unknown model"):
         train(dataclasses.replace(base, out=str(tmp_path / "other"), model="nope"))
+
+
+def test_resume_without_a_run_and_foreign_folders_are_refused(data_dir, tmp_path):
+    from temde.outputs import OutputFolderError
+
+    base = TrainSettings(data=str(data_dir), out=str(tmp_path / "new"), epochs=1, train_subset=32, dev_subset=10,
+                         max_steps_per_epoch=1, **TINY)
+    with pytest.raises(CheckpointError, match="--resume: .*last.pt not found \\(no run there\\)"):
+        train(dataclasses.replace(base, resume=True))
+    assert not (tmp_path / "new").exists()  # a refusal leaves nothing behind
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine\n")
+    with pytest.raises(OutputFolderError, match="not a `temde train` output folder"):
+        train(dataclasses.replace(base, out=str(tmp_path / "notes")))
+    with pytest.raises(OutputFolderError, match="not a `temde train` output folder"):
+        train(dataclasses.replace(base, out=str(tmp_path / "notes"), force=True))  # --force never takes it
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["todo.txt"]
+
+
+def test_force_starts_the_run_over(data_dir, tmp_path):
+    base = TrainSettings(data=str(data_dir), out=str(tmp_path / "run"), epochs=2, train_subset=32, dev_subset=10,
+                         max_steps_per_epoch=1, **TINY)
+    train(base)
+    result = train(dataclasses.replace(base, epochs=1, seed=5, force=True))
+    assert [h["epoch"] for h in result["history"]] == [1] and result["steps"] == 1
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["extra"]["settings"]["seed"] == 5
+    assert len(_epoch_rows(tmp_path / "run" / "epochs.csv")) == 1  # the old run's rows are gone
+
+
+def test_ctrl_c_says_which_epoch_is_saved_and_how_to_continue(data_dir, tmp_path, capsys, monkeypatch):
+    import shlex
+
+    from temde.training import loop
+
+    real, calls = loop.dev_metrics, []
+
+    def interrupted_in_epoch_2(*args, **kwargs):  # Ctrl-C while epoch 2 is being evaluated
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "dev_metrics", interrupted_in_epoch_2)
+    out = tmp_path / "run dir"  # a space: the printed command must quote it
+    argv = ["train", "--data", str(data_dir), "--out", str(out), "--epochs", "3", "--batch-size", "32",
+            "--embed-size", "32", "--set", "sim_dim=16", "--set", "word_dim=16", "--train-subset", "32",
+            "--dev-subset", "20", "--max-steps-per-epoch", "1"]
+    assert cli_main(argv) == 130
+    err = capsys.readouterr().err
+    assert "\ninterrupted\n" in err  # on a line of its own, after the progress bar
+    assert f"{out / 'last.pt'} holds epoch 1 of 3; continue with: " in err
+    command = shlex.split(err.split("continue with: ")[1].strip())
+    assert command[0] == "temde" and command[1:] == argv + ["--resume"]
+    monkeypatch.setattr(loop, "dev_metrics", real)
+    assert cli_main(command[1:] + ["--quiet"]) == 0  # the printed command finishes the run
+    assert [int(row["epoch"]) for row in _epoch_rows(out / "epochs.csv")] == [1, 2, 3]
+    printed = capsys.readouterr().out
+    assert f"(chance {chance_rsum(20, K):.1f})" in printed  # the final line sets dev rsum against chance
 
 
 def test_cli_train_then_eval_and_ensemble(data_dir, tmp_path, capsys):

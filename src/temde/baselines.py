@@ -77,7 +77,7 @@ def train_dual_encoder(train_split, dev_split, vocab, settings: BaselineSettings
             loss.backward()
             optimizer.step()
         rsum = evaluate(score_dual_encoder(model, dev_split, vocab, device),
-                        captions_per_image=dev_split.captions_per_image)["rsum"]
+                        captions_per_image=dev_split.layout)["rsum"]
         if rsum > best:
             best, best_state = rsum, {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)

@@ -49,6 +49,7 @@ class DemoSettings:
     dev_subset: int | None = None
     device: str = "cpu"
     progress: bool = True
+    force: bool = False  # start over in `out` (its runs retrained) instead of reusing what matches
 
     def resolved(self) -> "DemoSettings":
         values = asdict(self)
@@ -58,6 +59,27 @@ class DemoSettings:
             values["limit"] = 1200
         return DemoSettings(**values)
 
+    def recorded(self) -> dict[str, Any]:
+        """What decides the demo's results (of resolved settings), as recorded in its output folder: a rerun
+        reuses the folder's runs only when these are equal. Device, progress and cache do not change results."""
+        values = {key: value for key, value in asdict(self).items() if key in RECORDED_SETTINGS}
+        values["data"] = None if self.data is None else str(Path(self.data).resolve())
+        return values
+
+
+RECORDED_SETTINGS = ("quick", "data", "model", "poolings", "pool_options", "seeds", "epochs", "limit",
+                     "word_vectors", "global_loss", "dev_subset")
+
+
+def older_demo(folder: Path) -> dict | None:
+    """The settings of a demo folder written before output records existed: its results.json tells them; a
+    folder with only runs/ in it cannot tell (temde.outputs)."""
+    try:
+        saved = json.loads((folder / "results.json").read_text(encoding="utf-8"))["settings"]
+        return DemoSettings(**{k: v for k, v in saved.items() if k in DemoSettings.__dataclass_fields__}).recorded()
+    except (OSError, ValueError, KeyError, TypeError):
+        return {} if (folder / "runs").is_dir() else None
+
 
 # ---- data ----------------------------------------------------------------------------------------------------
 
@@ -65,19 +87,27 @@ def ensure_data(s: DemoSettings, log: Callable[[str], None]) -> Path:
     """The precomp folder to use: `s.data`, or openclipart prepared once into the cache (reused afterwards)."""
     if s.data is not None:
         return Path(s.data)
-    from temde.data.sources.openclipart import DEFAULT_DEV, DEFAULT_TEST, prepare_openclipart
-    from temde.features import FeatureExtractor, default_cache_root
+    from temde.data.sources.folder import older_dataset
+    from temde.data.sources.openclipart import (DEFAULT_DEV, DEFAULT_TEST, MAX_TITLE_REPEATS, prepare_openclipart,
+                                                prepare_settings)
+    from temde.features import IMAGE_SIZE, FeatureExtractor, default_cache_root
+    from temde.outputs import differences, inspect_folder
 
     cache = Path(s.cache).expanduser() if s.cache else default_cache_root()
     name = "openclipart" if s.limit is None else f"openclipart-{s.limit}"
     out = cache / "data" / name
-    if (out / "manifest.json").is_file():  # written last by prepare: its presence means complete
+    share = None if s.limit is None else max(1, s.limit // 8)
+    n_dev, n_test = share or DEFAULT_DEV, share or DEFAULT_TEST
+    wanted = prepare_settings(s.limit, n_dev, n_test, 0, MAX_TITLE_REPEATS, None, IMAGE_SIZE)
+    recorded = inspect_folder(out, "prepare", older_dataset)
+    # manifest.json is written last by prepare: its presence means complete, the record says what it holds.
+    if recorded and not differences(recorded, wanted) and (out / "manifest.json").is_file():
         log(f"data: {out} (cached)")
         return out
-    share = None if s.limit is None else max(1, s.limit // 8)
     extractor = FeatureExtractor(device=s.device, cache_dir=cache / "features", progress=s.progress)
-    prepare_openclipart(out, cache, extractor=extractor, limit=s.limit, n_dev=share or DEFAULT_DEV,
-                        n_test=share or DEFAULT_TEST, seed=0, log=log)
+    # The cache folder is the demo's own: one prepared with other settings is simply rebuilt.
+    prepare_openclipart(out, cache, extractor=extractor, limit=s.limit, n_dev=n_dev, n_test=n_test, seed=0,
+                        force=True, log=log)
     return out
 
 
@@ -91,14 +121,18 @@ def read_manifest(data_dir: Path) -> dict | None:
 
 # ---- one trained variant ---------------------------------------------------------------------------------------
 
-def train_variant(data_dir: Path, run_dir: Path, pooling: str, seed: int, s: DemoSettings) -> dict:
-    """Train (or resume / reuse a finished run in run_dir) and return the loop's result dict."""
+def train_variant(data_dir: Path, run_dir: Path, pooling: str, seed: int, s: DemoSettings,
+                  fresh: bool = False) -> dict:
+    """Train (or resume / reuse a finished run in run_dir; `fresh`: start it over) and return the loop's result
+    dict. The training loop checks a resumed run's settings against the request, a second guard behind the demo's
+    own record."""
     from temde.training.loop import TrainSettings, train
 
+    resume = (run_dir / "last.pt").is_file() and not fresh
     settings = TrainSettings(
         data=str(data_dir), out=str(run_dir), model=s.model, pooling=pooling,
         pool_options=dict(s.pool_options.get(pooling, {})), epochs=s.epochs, seed=seed,
-        device=s.device, resume=(run_dir / "last.pt").is_file(), progress=s.progress, word_vectors=s.word_vectors,
+        device=s.device, resume=resume, force=fresh, progress=s.progress, word_vectors=s.word_vectors,
         global_loss=s.global_loss, dev_subset=s.dev_subset,
         lr_update=None if s.epochs is None else max(1, (2 * s.epochs) // 3), validate_data=False)
     return train(settings)
@@ -149,7 +183,7 @@ def evaluate_checkpoint(path: Path, data_dir: Path, split: str, device: str) -> 
     start = time.perf_counter()
     sims = score_matrix(model, img, cap, device=device)
     score_s = time.perf_counter() - start
-    metrics = evaluate(sims, test.captions_per_image)
+    metrics = evaluate(sims, test.layout)
     metrics.update(encode_s=encode_s, score_matrix_s=score_s, **query_latency_ms(model, test, vocab, img, cap, device))
     return metrics, sims, (model, vocab, img, cap)
 
@@ -164,20 +198,27 @@ def mean_std(values: list[float]) -> dict:
 def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> dict:
     from temde.baselines import BaselineSettings, score_dual_encoder, train_dual_encoder
     from temde.data import Vocabulary, load_split, load_vocab
-    from temde.demo_report import write_figures, write_report
+    from temde.demo_report import LATENCY_NOISE, write_figures, write_report
     from temde.evaluation import chance_rsum, evaluate
+    from temde.outputs import claim_folder
+    from temde.pooling import list_pools
 
     s = settings.resolved()
-    unknown = [p for p in s.poolings if p not in ("attention", "temde", "mha", "mean")]
+    unknown = [p for p in s.poolings if p not in list_pools()]
     if unknown:
         raise TemdeError(f"unknown pooling(s) {unknown}")
     out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim = claim_folder(out, "demo", s.recorded(), force=s.force, legacy=older_demo)
+    if claim.state == "same":
+        log(f"{out}: a demo with the same settings is there; its finished runs are reused, an unfinished one "
+            f"resumes (--force starts over)")
+    elif claim.state == "replace":
+        log(f"{out}: --force: starting over" + (f" ({'; '.join(claim.differences)})" if claim.differences else ""))
     started = time.perf_counter()
     data_dir = ensure_data(s, log)
     prepared_s = time.perf_counter() - started
     test = load_split(data_dir, "test", validate=False)
-    k = test.captions_per_image
+    k = test.layout
 
     variants: dict[str, dict] = {}
     for pooling in s.poolings:
@@ -185,7 +226,7 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> dict
         for seed in s.seeds:
             run_dir = out / "runs" / f"{pooling}-seed{seed}"
             log(f"training {s.model} with {pooling} pooling, seed {seed} -> {run_dir}")
-            result = train_variant(data_dir, run_dir, pooling, seed, s)
+            result = train_variant(data_dir, run_dir, pooling, seed, s, fresh=claim.state == "replace")
             metrics, sims, _ = evaluate_checkpoint(run_dir / "best.pt", data_dir, "test", s.device)
             metrics["train_seconds"] = result["train_seconds"]
             metrics["best_dev_rsum"] = result["best_rsum"]
@@ -212,7 +253,7 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> dict
     results = {
         "settings": asdict(s),
         "data": {"dir": str(data_dir), "test_images": test.n_images, "test_captions": test.n_captions,
-                 "captions_per_image": k, "train_images": train_split.n_images, "dev_images": dev_split.n_images,
+                 "captions_per_image": test.captions_per_image, "train_images": train_split.n_images, "dev_images": dev_split.n_images,
                  "chance_rsum": chance_rsum(test.n_images, k), "prepare_seconds": prepared_s},
         "machine": machine_summary(s.device),
         **{pooling: variants[pooling]["summary"] for pooling in s.poolings},
@@ -227,6 +268,7 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> dict
     write_json_atomic(out / "results.json", results)
     write_report(results, out / "report.md")
     log(format_table(results))
+    log(f"(train s and ms/query: {LATENCY_NOISE[0].lower()}{LATENCY_NOISE[1:]})")
     log(f"wrote {out / 'results.json'}, {out / 'report.md'} and {len(figures)} figures "
         f"in {results['total_seconds'] / 60:.1f} min")
     return results

@@ -11,6 +11,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+# Said wherever latencies are printed: they are single wall-clock measurements on a machine that may be busy.
+LATENCY_NOISE = ("Times are wall-clock on the machine above, which may have been running other work: read "
+                 "differences under ~1.5x as noise unless they repeat.")
+
 POOLING_COLOURS = {"attention": "tab:blue", "temde": "tab:orange", "mha": "tab:green", "mean": "tab:gray"}
 
 
@@ -44,23 +48,49 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
+POOLING_NAMES = {"attention": "attention", "temde": "T-EMDE", "mha": "multi-head attention", "mean": "mean"}
+
+
+def _lr_decays(history: list[dict]) -> list[float]:
+    """x positions (between epochs) where the learning rate dropped."""
+    return [h["epoch"] - 0.5 for previous, h in zip(history, history[1:]) if h["lr"] < previous["lr"]]
+
+
 def plot_curves(results: dict, path: Path) -> str:
-    """Dev rsum and training loss per epoch, every seed of every pooling."""
+    """Dev rsum and training loss per epoch, every seed of every pooling; the best epoch of each run (the one its
+    best.pt holds) and the learning-rate decays marked; the loss on a log axis, so the epochs after the first stay
+    readable."""
     plt = _pyplot()
-    fig, (ax_rsum, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_rsum, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.4))
+    decays = set()
     for pooling in results["settings"]["poolings"]:
         colour = POOLING_COLOURS.get(pooling)
         for i, run in enumerate(results["variants"][pooling]["runs"]):
-            epochs = [h["epoch"] for h in run["history"]]
-            label = f"SAF + {pooling}" if i == 0 else None
-            ax_rsum.plot(epochs, [h["rsum"] for h in run["history"]], color=colour, alpha=0.8, label=label)
-            ax_loss.plot(epochs, [h["train_loss"] for h in run["history"]], color=colour, alpha=0.8, label=label)
-    ax_rsum.axhline(results["data"]["chance_rsum"], color="black", linestyle=":", label="chance")
-    ax_rsum.set(xlabel="epoch", ylabel="dev rsum", title="dev rsum per epoch (one line per seed)")
-    ax_loss.set(xlabel="epoch", ylabel="mean triplet loss per batch", title="training loss")
-    for ax in (ax_rsum, ax_loss):
-        ax.grid(alpha=0.3)
-        ax.legend()
+            history = run["history"]
+            epochs = [h["epoch"] for h in history]
+            rsums = [h["rsum"] for h in history]
+            label = f"SAF + {POOLING_NAMES.get(pooling, pooling)}" if i == 0 else None
+            ax_rsum.plot(epochs, rsums, color=colour, alpha=0.8, label=label)
+            best = int(np.argmax(rsums))  # the first maximum: the loop keeps a later epoch only if strictly better
+            ax_rsum.plot(epochs[best], rsums[best], marker="*", markersize=13, color=colour,
+                         markeredgecolor="black", linestyle="none")
+            ax_loss.plot(epochs, [h["train_loss"] for h in history], color=colour, alpha=0.8, label=label)
+            decays.update(_lr_decays(history))
+    ax_rsum.plot([], [], marker="*", markersize=13, color="white", markeredgecolor="black", linestyle="none",
+                 label="best epoch (kept in best.pt)")
+    chance = results["data"]["chance_rsum"]
+    ax_rsum.axhline(chance, color="black", linestyle=":", label=f"chance ({chance:.1f})")
+    for n, x in enumerate(sorted(decays)):
+        for ax in (ax_rsum, ax_loss):
+            ax.axvline(x, color="gray", linestyle="--", linewidth=1, label="lr × 0.1" if n == 0 else None)
+    ax_rsum.set(xlabel="epoch", ylabel="dev rsum (max 600)", title="dev rsum per epoch (one line per seed)")
+    ax_loss.set_yscale("log")
+    ax_loss.set(xlabel="epoch", ylabel="mean triplet loss per batch (log scale)", title="training loss")
+    # Curves rise to the top and the chance line lies at the bottom: the legend goes in between.
+    for ax, where in ((ax_rsum, "center right"), (ax_loss, "upper right")):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=9, loc=where)
+        ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -85,52 +115,82 @@ def _thumbnail(path: Path, size: int = 160) -> np.ndarray:
         return np.asarray(canvas.convert("RGB"))
 
 
-def plot_examples(sims: np.ndarray, captions: list[str], k: int, image_paths: list[Path] | None, path: Path,
-                  n_queries: int = 3, top: int = 5, seed: int = 0) -> str:
-    """Text->image: a query caption and its top images; image->text: a query image and its top captions.
-    True matches are framed in green."""
+def _wrapped(text: str, width: int, lines: int) -> str:
+    parts = textwrap.wrap(text, width)
+    return "\n".join(parts[:lines]) + (" …" if len(parts) > lines else "")
+
+
+def plot_examples(sims: dict[str, np.ndarray], captions: list[str], k: int, image_paths: list[Path] | None,
+                  path: Path, n_queries: int = 2, top: int = 5, seed: int = 0) -> str:
+    """The same random test queries answered by each pooling's model (one row per pooling): a caption and its top
+    images, an image (with its true caption) and its top captions. True matches are framed / written in green."""
+    from matplotlib.gridspec import GridSpec
+
     plt = _pyplot()
+    poolings = list(sims)
     rng = np.random.default_rng(seed)
-    n_images = sims.shape[0]
+    n_images = next(iter(sims.values())).shape[0]
     caption_queries = rng.choice(len(captions), size=min(n_queries, len(captions)), replace=False)
     image_queries = rng.choice(n_images, size=min(n_queries, n_images), replace=False)
-    fig, axes = plt.subplots(2 * n_queries, top + 1, figsize=(2.1 * (top + 1), 2.3 * 2 * n_queries))
+    queries = [("text", int(q)) for q in caption_queries] + [("image", int(q)) for q in image_queries]
+    rows = len(queries) * len(poolings)
+    fig = plt.figure(figsize=(2.5 * (top + 1) + 0.6, 2.15 * rows + 1.0))
+    grid = GridSpec(rows, top + 1, figure=fig, hspace=0.55, wspace=0.12)
 
     def show_image(ax, index, good):
         if image_paths is not None:
             ax.imshow(_thumbnail(image_paths[index]))
         else:
-            ax.text(0.5, 0.5, f"image {index}", ha="center", va="center")
+            ax.text(0.5, 0.5, f"image {index}", ha="center", va="center", fontsize=10)
         for spine in ax.spines.values():
             spine.set_edgecolor("green" if good else "lightgray")
-            spine.set_linewidth(4 if good else 1)
+            spine.set_linewidth(5 if good else 1)
         ax.set_xticks([])
         ax.set_yticks([])
 
-    for row, q in enumerate(caption_queries):
-        ax = axes[row, 0]
-        ax.axis("off")
-        ax.text(0, 0.5, "\n".join(textwrap.wrap(f"“{captions[q]}”", 22)[:7]), va="center", fontsize=8)
-        ax.set_title("caption query", fontsize=8)
-        ranked = np.argsort(-sims[:, q], kind="stable")[:top]
-        for col, index in enumerate(ranked, start=1):
-            show_image(axes[row, col], index, index == q // k)
-            axes[row, col].set_title(f"#{col}", fontsize=8)
-    for offset, q in enumerate(image_queries):
-        row = n_queries + offset
-        show_image(axes[row, 0], q, False)
-        axes[row, 0].set_title("image query", fontsize=8)
-        ranked = np.argsort(-sims[q], kind="stable")[:top]
-        for col, index in enumerate(ranked, start=1):
-            ax = axes[row, col]
-            ax.axis("off")
-            good = index // k == q
-            ax.text(0, 0.5, "\n".join(textwrap.wrap(captions[index], 20)[:7]), va="center", fontsize=7,
-                    color="green" if good else "black", fontweight="bold" if good else "normal")
-            ax.set_title(f"#{col}" + (" ✓" if good else ""), fontsize=8)
-    fig.suptitle("SAF + T-EMDE on the test split: caption → top images (rows 1–3), image → top captions "
-                 "(rows 4–6); green = the true match", fontsize=9)
-    fig.tight_layout()
+    for number, (kind, q) in enumerate(queries):
+        first = number * len(poolings)
+        query_ax = fig.add_subplot(grid[first:first + len(poolings), 0])
+        if kind == "text":
+            query_ax.axis("off")
+            query_ax.text(0.0, 0.5, _wrapped(f"“{captions[q]}”", 24, 9), va="center", fontsize=10)
+            query_ax.set_title("caption query", fontsize=10, fontweight="bold")
+        else:
+            show_image(query_ax, q, False)
+            query_ax.set_title("image query", fontsize=10, fontweight="bold")
+            query_ax.set_xlabel("true caption:\n" + _wrapped(captions[q * k], 26, 3), fontsize=9, color="green")
+        for offset, pooling in enumerate(poolings):
+            row = first + offset
+            scores = sims[pooling]
+            column = scores[:, q] if kind == "text" else scores[q]
+            ranked = np.argsort(-column, kind="stable")[:top]
+            # Where the true match ranks, ties counted against it (as evaluation does): often below the top 5.
+            truth = [q // k] if kind == "text" else list(range(q * k, (q + 1) * k))
+            true_rank = min(int((column >= column[t]).sum()) for t in truth)
+            for col, index in enumerate(ranked, start=1):
+                ax = fig.add_subplot(grid[row, col])
+                if kind == "text":
+                    good = index == q // k
+                    show_image(ax, index, good)
+                else:
+                    good = index // k == q
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    for spine in ax.spines.values():
+                        spine.set_edgecolor("green" if good else "lightgray")
+                        spine.set_linewidth(3 if good else 1)
+                    ax.text(0.05, 0.5, _wrapped(captions[index], 22, 6), va="center", fontsize=9,
+                            color="green" if good else "black", fontweight="bold" if good else "normal",
+                            transform=ax.transAxes)
+                ax.set_title(f"#{col}" + (" ✓ true match" if good else ""), fontsize=9,
+                             color="green" if good else "black")
+                if col == 1:
+                    ax.set_ylabel(f"SAF + {POOLING_NAMES.get(pooling, pooling)}\ntrue match: #{true_rank}",
+                                  fontsize=9)
+    names = " and ".join(POOLING_NAMES.get(p, p) for p in poolings)
+    fig.suptitle(f"Test-split queries drawn at random (seed {seed}), each answered by SAF with {names} pooling "
+                 f"(first seed's models)\none row per pooling; green = the true match", fontsize=11)
+    fig.subplots_adjust(left=0.05, right=0.99, top=1 - 1.1 / fig.get_figheight(), bottom=0.04)
     return _save(fig, path)
 
 
@@ -147,19 +207,26 @@ def plot_sketches(model, img, cap, k: int, captions: list[str], image_paths: lis
     c = index * k
     caption_hist = caption_pool.histogram(cap.local[c:c + 1], cap.mask[c:c + 1])[0]
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), gridspec_kw={"width_ratios": [1, 3, 3]})
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), gridspec_kw={"width_ratios": [1, 3, 3]})
     if image_paths is not None:
         axes[0].imshow(_thumbnail(image_paths[index]))
     axes[0].axis("off")
-    axes[0].set_title("\n".join(textwrap.wrap(captions[c], 28)[:4]), fontsize=8)
+    axes[0].set_title("\n".join(textwrap.wrap(captions[c], 28)[:4]), fontsize=10)
+    n_bits = image_pool.n_bits
     for ax, hist, title in ((axes[1], image_hist, f"image: {int(img.mask[index].sum())} regions"),
-                            (axes[2], caption_hist, f"caption: {int(cap.mask[c].sum())} words")):
-        shown = ax.imshow(hist.numpy(), aspect="auto", cmap="viridis")
-        ax.set(xlabel="bucket (2^K per partitioning)", ylabel="partitioning", title=f"T-EMDE sketch of the {title}")
-        fig.colorbar(shown, ax=ax, fraction=0.04)
+                            (axes[2], caption_hist, f"caption: {int(cap.mask[c].sum())} tokens")):
+        shown = ax.imshow(hist.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set(xlabel=f"bucket ($2^K$ = $2^{{{n_bits}}}$ = {hist.shape[1]} per partitioning)",
+               ylabel=f"partitioning (N = {hist.shape[0]})", title=f"T-EMDE sketch of the {title}")
+        bar = fig.colorbar(shown, ax=ax, fraction=0.04)
+        bar.set_label("tokens in the bucket (soft count)")
     shared = image_pool is caption_pool
-    fig.suptitle("soft bucket counts; " + ("one shared partitioning for both modalities" if shared else
-                 "each modality has its own learned partitioning"), fontsize=9)
+    fig.suptitle("Each row cuts the token space into $2^K$ buckets with K learned hyperplanes; a cell counts the "
+                 "tokens that fall in it (softly), so a row sums to the number of tokens.\nLook for: the image's "
+                 "many regions pile up in a few buckets, the caption's few tokens light one cell each; "
+                 + ("one partitioning is shared by both modalities." if shared else
+                    "each modality has its own hyperplanes, so compare images with images, not cell by cell."),
+                 fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -172,14 +239,18 @@ def write_figures(results: dict, data_dir: Path, out: Path, device: str, log: Ca
     manifest = read_manifest(data_dir)
     test = load_split(data_dir, "test", validate=False)
     paths = _image_paths(manifest, "test")
-    pooling = "temde" if "temde" in results["variants"] else results["settings"]["poolings"][0]
-    first = results["variants"][pooling]["runs"][0]
-    _, sims, (model, _, img, cap) = evaluate_checkpoint(Path(first["run_dir"]) / "best.pt", data_dir, "test", device)
+    sims, sketch_inputs = {}, None
+    for pooling in results["settings"]["poolings"]:  # each pooling's first-seed model answers the same queries
+        first = results["variants"][pooling]["runs"][0]
+        _, sims[pooling], (model, _, img, cap) = evaluate_checkpoint(Path(first["run_dir"]) / "best.pt", data_dir,
+                                                                     "test", device)
+        if pooling == "temde":
+            sketch_inputs = (model, img.to("cpu"), cap.to("cpu"))
     figures.append(plot_examples(sims, test.captions, test.captions_per_image, paths, out / "examples.png"))
-    sketch = plot_sketches(model, img.to("cpu"), cap.to("cpu"), test.captions_per_image, test.captions, paths,
-                           out / "sketch.png")
-    if sketch:
-        figures.append(sketch)
+    if sketch_inputs is not None:
+        sketch = plot_sketches(*sketch_inputs, test.captions_per_image, test.captions, paths, out / "sketch.png")
+        if sketch:
+            figures.append(sketch)
     log(f"figures: {', '.join(figures)}")
     return figures
 
@@ -237,8 +308,13 @@ def write_report(results: dict, path: Path) -> None:
     lines += ["Against the linear dual encoder: " + "; ".join(relation) + ".",
               "A difference is called within noise when it is smaller than twice its standard error "
               "(sqrt(std_a² / n_a + std_b² / n_b) over the seeds).", ""]
+    if len(s["seeds"]) < 2:
+        lines += ["One seed: nothing here separates a real difference from the spread between seeds (several rsum "
+                  "points on a few hundred test images); run more seeds (`--seeds 0,1,2`) before reading an order "
+                  "into these numbers.", ""]
     lines += ["Latency: `ms/query` is one query scored against the whole pre-encoded test gallery "
-              "(text→image: one caption vs every image; image→text: one image vs every caption).", ""]
+              f"(text→image: one caption vs every image; image→text: one image vs every caption). {LATENCY_NOISE}",
+              ""]
     for name in results.get("figures", []):
         lines += [f"![{name}]({name})", ""]
     tmp = path.with_suffix(".md.tmp")

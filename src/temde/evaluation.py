@@ -1,7 +1,9 @@
 """Retrieval metrics on a score matrix: R@1/5/10, median and mean rank in both directions, rsum.
 
-`sims[i, j]` is the score of image `i` against caption `j`; caption `j` belongs to image `j // k`
-(k captions per image, consecutive, as in the SCAN precomp layout).
+`sims[i, j]` is the score of image `i` against caption `j`. Which image a caption belongs to is given by the
+*caption layout*, the second argument of every function here: an integer k (caption `j` belongs to image
+`j // k`: k consecutive captions per image, the SCAN precomp layout of Flickr30K / COCO), or an int array
+`[n_captions]` naming each caption's image (`{split}_cap2img.npy`: 1..n captions per image).
 
 Ranks are 1-based in medr/meanr (the rank functions return them 0-based). Ties are ranked pessimistically:
 the 0-based rank of a true item is the number of negatives scored >= it, so a true item tied with negatives is
@@ -50,17 +52,36 @@ def _as_matrix(sims: Any) -> np.ndarray:
     return sims
 
 
-def _check_layout(sims: np.ndarray, captions_per_image: int) -> None:
-    if not isinstance(captions_per_image, (int, np.integer)) or captions_per_image < 1:
-        raise ValueError(f"captions_per_image: expected a positive integer, got {captions_per_image!r}")
+Layout = "int | np.ndarray"  # k captions per image, or the image of every caption
+
+
+def caption_images(layout: Any, n_images: int, n_captions: int | None = None) -> np.ndarray:
+    """The image of every caption, int64 `[n_captions]`, from a caption layout; checked against the counts."""
+    if isinstance(layout, (int, np.integer)) and not isinstance(layout, bool):
+        if layout < 1:
+            raise ValueError(f"captions_per_image: expected a positive integer, got {layout!r}")
+        if n_captions is not None and n_captions != n_images * layout:
+            raise ValueError(f"sims: {n_captions} captions do not match captions_per_image={layout} "
+                             f"(expected {n_images * layout} columns for {n_images} images)")
+        return np.arange(n_images * layout, dtype=np.int64) // layout
+    index = np.asarray(layout)
+    if index.ndim != 1 or not (np.issubdtype(index.dtype, np.integer) and index.dtype != bool):
+        raise ValueError(f"caption layout: expected an integer k or a 1-D integer array, got {layout!r:.60}")
+    if n_captions is not None and len(index) != n_captions:
+        raise ValueError(f"caption layout: {len(index)} caption->image entries for {n_captions} captions")
+    if len(index) and (index.min() < 0 or index.max() >= n_images):
+        raise ValueError(f"caption layout: image ids must be in [0, {n_images}), got {index.min()}..{index.max()}")
+    if len(np.unique(index)) != n_images:
+        missing = int(np.setdiff1d(np.arange(n_images), index)[0])
+        raise ValueError(f"caption layout: image {missing} has no caption")
+    return index.astype(np.int64, copy=False)
+
+
+def _check_layout(sims: np.ndarray, layout: Any) -> np.ndarray:
     n_images, n_captions = sims.shape
     if n_images == 0:
         raise ValueError("sims: the matrix has no images (0 rows)")
-    if n_captions != n_images * captions_per_image:
-        raise ValueError(
-            f"sims: shape {sims.shape} does not match captions_per_image={captions_per_image} "
-            f"(expected {n_images * captions_per_image} columns)"
-        )
+    return caption_images(layout, n_images, n_captions)
 
 
 def _finite_block(block: np.ndarray) -> np.ndarray:
@@ -70,39 +91,37 @@ def _finite_block(block: np.ndarray) -> np.ndarray:
     return block
 
 
-def image_to_text_ranks(sims: Any, captions_per_image: int = 5) -> np.ndarray:
+def image_to_text_ranks(sims: Any, captions_per_image: Layout = 5) -> np.ndarray:
     """0-based rank of each image's best true caption: the number of negative captions scored >= it (pessimistic
     ties), shape [n_images]."""
     sims = _as_matrix(sims)
-    _check_layout(sims, captions_per_image)
+    owner = _check_layout(sims, captions_per_image)
     n_images, n_captions = sims.shape
-    k = captions_per_image
     ranks = np.empty(n_images, dtype=np.int64)
     rows_per_chunk = max(1, _CHUNK_CELLS // n_captions)
     for start in range(0, n_images, rows_per_chunk):
         block = _finite_block(sims[start:start + rows_per_chunk])
-        rows = np.arange(block.shape[0])
-        own = block.reshape(block.shape[0], -1, k)[rows, start + rows]  # [rows, k] scores of the true captions
-        best = own.max(axis=1)
-        # Captions scored >= the best true caption, less the true ones among them (at least the best itself):
-        # the image's own captions never count against it, tied or not.
-        at_or_above = (block >= best[:, None]).sum(axis=1) - (own >= best[:, None]).sum(axis=1)
-        ranks[start:start + len(rows)] = at_or_above
+        rows = start + np.arange(block.shape[0])
+        own = owner[None, :] == rows[:, None]  # [rows, n_captions]: the image's true captions
+        best = np.where(own, block, -np.inf).max(axis=1)
+        # Negative captions scored >= the best true caption: the image's own captions never count against it,
+        # tied or not.
+        ranks[rows] = ((block >= best[:, None]) & ~own).sum(axis=1)
     return ranks
 
 
-def text_to_image_ranks(sims: Any, captions_per_image: int = 5) -> np.ndarray:
+def text_to_image_ranks(sims: Any, captions_per_image: Layout = 5) -> np.ndarray:
     """0-based rank of each caption's true image: the number of other images scored >= it (pessimistic ties),
     shape [n_captions]."""
     sims = _as_matrix(sims)
-    _check_layout(sims, captions_per_image)
+    owner = _check_layout(sims, captions_per_image)
     n_images, n_captions = sims.shape
     ranks = np.empty(n_captions, dtype=np.int64)
     cols_per_chunk = max(1, _CHUNK_CELLS // n_images)
     for start in range(0, n_captions, cols_per_chunk):
         block = _finite_block(sims[:, start:start + cols_per_chunk])
         cols = np.arange(block.shape[1])
-        true_score = block[(start + cols) // captions_per_image, cols]
+        true_score = block[owner[start + cols], cols]
         ranks[start:start + len(cols)] = (block >= true_score[None, :]).sum(axis=0) - 1  # less the true image
     return ranks
 
@@ -114,32 +133,38 @@ def _summarise(ranks: np.ndarray, prefix: str) -> dict[str, float]:
     return out
 
 
-def evaluate(sims: Any, captions_per_image: int = 5) -> dict[str, float]:
+def evaluate(sims: Any, captions_per_image: Layout = 5) -> dict[str, float]:
     """All metrics of one score matrix; recalls in percent, rsum = sum of the six recalls."""
-    metrics = _summarise(image_to_text_ranks(sims, captions_per_image), "i2t")
-    metrics.update(_summarise(text_to_image_ranks(sims, captions_per_image), "t2i"))
+    return metrics_from_ranks(image_to_text_ranks(sims, captions_per_image),
+                              text_to_image_ranks(sims, captions_per_image))
+
+
+def metrics_from_ranks(i2t_ranks: np.ndarray, t2i_ranks: np.ndarray) -> dict[str, float]:
+    """The metrics of 0-based ranks (image->text per image, text->image per caption)."""
+    metrics = _summarise(np.asarray(i2t_ranks), "i2t")
+    metrics.update(_summarise(np.asarray(t2i_ranks), "t2i"))
     metrics["rsum"] = sum(metrics[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in RECALL_KS)
     return {key: metrics[key] for key in METRIC_KEYS}
 
 
-def evaluate_folds(sims: Any, captions_per_image: int = 5, folds: int = 5) -> dict[str, Any]:
+def evaluate_folds(sims: Any, captions_per_image: Layout = 5, folds: int = 5) -> dict[str, Any]:
     """COCO-1K style: split the images into `folds` equal consecutive blocks, evaluate each diagonal
     block alone, and average every metric (rsum included) over the folds.
 
     Returns the mean metrics plus "folds": the list of per-fold metric dicts.
     """
     sims = _as_matrix(sims)
-    _check_layout(sims, captions_per_image)
+    owner = _check_layout(sims, captions_per_image)
     if not isinstance(folds, (int, np.integer)) or folds < 1:
         raise ValueError(f"folds: expected a positive integer, got {folds!r}")
     n_images = sims.shape[0]
     if n_images % folds:
         raise ValueError(f"folds: {n_images} images do not split into {folds} equal folds")
     size = n_images // folds
-    k = captions_per_image
-    per_fold = [
-        evaluate(sims[f * size:(f + 1) * size, f * size * k:(f + 1) * size * k], k) for f in range(folds)
-    ]
+    per_fold = []
+    for f in range(folds):  # a fold: its images and the captions that belong to them
+        columns = np.flatnonzero(owner // size == f)
+        per_fold.append(evaluate(sims[f * size:(f + 1) * size][:, columns], owner[columns] - f * size))
     # Averaging rsum per fold equals summing the averaged recalls; the VSE++ family instead printed
     # 6 x the mean image->text recall, which is not rsum.
     result: dict[str, Any] = {key: float(np.mean([m[key] for m in per_fold])) for key in METRIC_KEYS}
@@ -157,14 +182,16 @@ def _chance_best_of_k(n_items: int, n_true: int, cutoff: int) -> float:
     return 1.0 - miss
 
 
-def chance_rsum(n_images: int, captions_per_image: int = 5) -> float:
+def chance_rsum(n_images: int, captions_per_image: Layout = 5) -> float:
     """Expected rsum (percent) when every score is drawn i.i.d. from a continuous distribution."""
     if n_images < 1:
         raise ValueError(f"n_images: expected a positive integer, got {n_images!r}")
-    if captions_per_image < 1:
-        raise ValueError(f"captions_per_image: expected a positive integer, got {captions_per_image!r}")
-    n_captions = n_images * captions_per_image
-    i2t = sum(_chance_best_of_k(n_captions, captions_per_image, k) for k in RECALL_KS)
+    owner = caption_images(captions_per_image, n_images)
+    n_captions = len(owner)
+    # Image->text: an image with n true captions among all captions; averaged over the images' caption counts.
+    counts, images = np.unique(np.bincount(owner, minlength=n_images), return_counts=True)
+    i2t = sum(share * _chance_best_of_k(n_captions, int(n), k)
+              for n, share in zip(counts, images / n_images) for k in RECALL_KS)
     t2i = sum(_chance_best_of_k(n_images, 1, k) for k in RECALL_KS)
     return 100.0 * (i2t + t2i)
 

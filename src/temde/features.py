@@ -9,8 +9,12 @@ resized so its longer side is 224 and padded with white to 224x224. Padding rath
 the whole drawing: clip art and logos are often wide or tall and their edges carry content, while a white
 margin is what such pictures already sit on. ImageNet mean/std normalisation follows.
 
+At 448 or 896 pixels (`temde prepare ... --resolution 448|896`) the same network gives a 14x14 or 28x28 grid:
+196 or 784 regions of the same 1280 dims (the network's stride is 32), for the long-set regime.
+
 Features are cached on disk, one `.npy` per image, keyed by the sha256 of the file bytes + model + size +
-preprocessing version: a second run reads them back without loading the network.
+preprocessing version: a second run reads them back without loading the network, and each resolution has its
+own entries.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import hashlib
 import io
 import itertools
 import os
+import re
+import sys
 import threading
 import warnings
 from collections import deque
@@ -35,6 +41,13 @@ IMAGE_SIZE = 224
 GRID = 7
 REGIONS = GRID * GRID
 FEATURE_DIM = 1280
+RESOLUTIONS = (224, 448, 896)  # -> 49, 196, 784 regions (`prepare --resolution`)
+STRIDE = 32  # EfficientNet-Lite0's total downsampling: a side of s pixels gives s // 32 grid cells
+
+
+def regions_for(image_size: int) -> int:
+    """Regions of the square grid the network gives at `image_size` pixels (a multiple of 32: exact)."""
+    return (image_size // STRIDE) ** 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Bump when the preprocessing changes: it is part of the cache key, so old cached features stop matching.
@@ -71,8 +84,34 @@ class UnreadableImagesError(DataError):
 
 # ---------------------------------------------------------------- decoding
 
-def _open(data: bytes):
-    """Image.open with our own size limit instead of PIL's process-wide bomb check (its default is 89 Mpx)."""
+def unreadable_reason(exc: BaseException) -> str:
+    """One line saying why PIL could not read a file, without PIL's `<_io.BytesIO object at 0x...>`."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file PIL can read (unknown format or damaged header)"
+    if isinstance(exc, OSError) and exc.strerror:  # a file system error: "No such file or directory"
+        return exc.strerror
+    text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the file", text)
+
+
+def find_unreadable(paths: Iterable[str | os.PathLike]) -> list[tuple[int, Path, str]]:
+    """(index, path, reason) of every file whose image header cannot be read: a check of seconds that catches
+    non-images and damaged headers before a feature pass of minutes. A damaged body still shows only when the
+    image is decoded (FeatureExtractor.extract)."""
+    failures = []
+    for index, path in enumerate(map(Path, paths)):
+        try:
+            _open(path).close()  # PIL opens lazily: this reads the header, not the pixels
+        except Exception as exc:  # PIL raises many types for damaged headers; all mean "unreadable"
+            failures.append((index, path, unreadable_reason(exc)))
+    return failures
+
+
+def _open(data: bytes | Path):
+    """Image.open (of bytes or a file) with our own size limit instead of PIL's process-wide bomb check (its
+    default is 89 Mpx)."""
     from PIL import Image
 
     # PIL reads its limit from a module global; swap it under a lock so decoder threads agree on it.
@@ -80,7 +119,7 @@ def _open(data: bytes):
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_DECODE_PIXELS
         try:
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
         finally:
             Image.MAX_IMAGE_PIXELS = saved
     width, height = image.size
@@ -193,7 +232,8 @@ def _bounded_map(pool: Executor, fn: Callable, items: Iterable, ahead: int) -> I
 
 
 class FeatureExtractor:
-    """Image files -> float32 [n, 49, 1280] region features, with an on-disk cache.
+    """Image files -> float32 [n, regions, 1280] region features, with an on-disk cache (49 regions at the default
+    224 pixels; `image_size` 448 / 896 gives 196 / 784).
 
     device: where the network runs (the caller decides). cache_dir: None disables the cache. The network is
     loaded only when some image misses the cache. workers: threads that read and decode images while the
@@ -209,6 +249,7 @@ class FeatureExtractor:
         self.batch_size = batch_size
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.image_size = image_size
+        self.regions = regions_for(image_size)
         self.workers = workers
         self.progress = progress
         self._model = None
@@ -230,7 +271,7 @@ class FeatureExtractor:
             features = np.load(path, allow_pickle=False)
         except (FileNotFoundError, ValueError, OSError, EOFError):
             return None  # absent or damaged: recompute (and overwrite) it
-        return features if features.shape == (REGIONS, FEATURE_DIM) and features.dtype == np.float32 else None
+        return features if features.shape == (self.regions, FEATURE_DIM) and features.dtype == np.float32 else None
 
     def _write_cache(self, key: str, features: np.ndarray) -> None:
         from temde.data.vocab import atomic_write
@@ -251,7 +292,7 @@ class FeatureExtractor:
         try:
             return _Loaded(key, pixels=decode_image(data, self.image_size))
         except Exception as exc:  # PIL raises many types for corrupt files; all mean "unreadable"
-            return _Loaded(key, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return _Loaded(key, error=unreadable_reason(exc))
 
     def _network(self, pixels: np.ndarray) -> np.ndarray:
         """[B, H, W, 3] uint8 -> [B, 49, 1280] float32, on self.device."""
@@ -269,9 +310,9 @@ class FeatureExtractor:
     def _flush(self, pending: list[tuple[int, str, np.ndarray]], out: np.ndarray) -> int:
         """Run the network on the decoded images waiting in `pending`, store and cache them; returns how many."""
         features = self._network(np.stack([pixels for _, _, pixels in pending]))
-        if features.shape[1:] != (REGIONS, FEATURE_DIM):
+        if features.shape[1:] != (self.regions, FEATURE_DIM):
             raise ValueError(f"image size {self.image_size} gives a {features.shape[1]}-region grid; "
-                             f"temde expects {REGIONS} regions (use {IMAGE_SIZE})")
+                             f"temde expects {self.regions} regions (use one of {RESOLUTIONS})")
         for (index, key, _), row in zip(pending, features):
             out[index] = row
             if self.cache_dir is not None:
@@ -282,7 +323,8 @@ class FeatureExtractor:
         return done
 
     def extract(self, paths: Iterable[str | os.PathLike], out: np.ndarray | None = None) -> np.ndarray:
-        """Features of every image, in order: [n, 49, 1280] float32 (written into `out` if given, e.g. a memmap).
+        """Features of every image, in order: [n, regions, 1280] float32 (written into `out` if given, e.g. a
+        memmap).
 
         Every image is attempted; unreadable ones are collected and raised together at the end as one
         UnreadableImagesError (a DataError) naming them, after the readable ones are cached.
@@ -291,15 +333,18 @@ class FeatureExtractor:
 
         paths = [Path(p) for p in paths]
         if out is None:
-            out = np.empty((len(paths), REGIONS, FEATURE_DIM), dtype=np.float32)
-        elif out.shape != (len(paths), REGIONS, FEATURE_DIM):
-            raise ValueError(f"out has shape {out.shape}, expected {(len(paths), REGIONS, FEATURE_DIM)}")
+            out = np.empty((len(paths), self.regions, FEATURE_DIM), dtype=np.float32)
+        elif out.shape != (len(paths), self.regions, FEATURE_DIM):
+            raise ValueError(f"out has shape {out.shape}, expected {(len(paths), self.regions, FEATURE_DIM)}")
         failures: list[tuple[int, Path, str]] = []
         pending: list[tuple[int, str, np.ndarray]] = []
         with ThreadPoolExecutor(self.workers) as pool, \
                 tqdm(total=len(paths), unit="img", desc="features", disable=not self.progress) as bar:
             for index, loaded in enumerate(_bounded_map(pool, self._load, paths, ahead=2 * self.batch_size)):
                 if loaded.error is not None:
+                    if not failures:  # said at once, so nobody waits for the whole pass to learn it
+                        bar.write(f"note: {paths[index]} is unreadable ({loaded.error}); the other images go on, "
+                                  f"every unreadable one is listed at the end", file=sys.stderr)
                     failures.append((index, paths[index], loaded.error))
                 elif loaded.features is not None:
                     out[index] = loaded.features

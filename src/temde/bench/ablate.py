@@ -54,6 +54,18 @@ class AblationSettings:
     global_loss: float = 1.0  # as `temde demo` trains, so the ablation chooses the demo's defaults
     device: str = "cpu"
     progress: bool = False
+    force: bool = False  # start over in `out` (every run retrained) instead of reusing runs that match
+
+    def recorded(self) -> dict:
+        """What decides the ablation's results, recorded in its output folder (temde.outputs)."""
+        return {"data": str(Path(self.data).resolve()), "variants": self.variants, "seeds": self.seeds,
+                "model": self.model, "epochs": self.epochs, "word_vectors": self.word_vectors,
+                "dev_subset": self.dev_subset, "global_loss": self.global_loss}
+
+
+def older_ablation(folder: Path) -> dict | None:
+    """An ablation folder written before output records existed: recognised, its settings unknown."""
+    return {} if (folder / "ablation.csv").is_file() or (folder / "runs").is_dir() else None
 
 
 def pool_options_for(name: str, embed_size: int) -> dict:
@@ -77,7 +89,7 @@ def pool_forward_ms(name: str, embed_size: int, device: str, batch: int = 128, t
         return 1e3 * time_call(lambda: pool(x, mask), torch.device(device), repeats=10, warmup=3)
 
 
-def run_variant(name: str, seed: int, s: AblationSettings) -> dict:
+def run_variant(name: str, seed: int, s: AblationSettings, fresh: bool = False) -> dict:
     from temde.demo import evaluate_checkpoint
     from temde.models import load_preset
     from temde.training.loop import TrainSettings, train
@@ -90,7 +102,7 @@ def run_variant(name: str, seed: int, s: AblationSettings) -> dict:
     settings = TrainSettings(
         data=s.data, out=str(run_dir), model=s.model, pooling=pooling, pool_options=pool_options_for(name, embed),
         model_overrides=dict(model_overrides), epochs=s.epochs, seed=seed, device=s.device,
-        resume=(run_dir / "last.pt").is_file(), progress=s.progress, word_vectors=s.word_vectors,
+        resume=(run_dir / "last.pt").is_file() and not fresh, force=fresh, progress=s.progress, word_vectors=s.word_vectors,
         dev_subset=s.dev_subset, global_loss=s.global_loss, validate_data=False, **train_overrides)
     result = train(settings)
     metrics, _, _ = evaluate_checkpoint(run_dir / "best.pt", Path(s.data), "test", s.device)
@@ -101,15 +113,19 @@ def run_variant(name: str, seed: int, s: AblationSettings) -> dict:
 def run_ablation(s: AblationSettings, log: Callable[[str], None] = print) -> list[dict]:
     from temde.models import load_preset
 
+    from temde.outputs import claim_folder
+
     embed = load_preset(s.model)["model"]["embed_size"]
     out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim = claim_folder(out, "ablate", s.recorded(), force=s.force, legacy=older_ablation)
+    if claim.state == "same":
+        log(f"{out}: an ablation with the same settings is there; finished runs are reused, unfinished ones resume")
     rows = []
     for name in s.variants:
         cost = pool_forward_ms(name, embed, s.device)
         for seed in s.seeds:
             start = time.perf_counter()
-            row = run_variant(name, seed, s)
+            row = run_variant(name, seed, s, fresh=claim.state == "replace")
             row["pool_forward_ms"] = cost
             rows.append(row)
             log(f"{name:24s} seed {seed}: test rsum {row['test_rsum']:6.1f}  (dev {row['best_dev_rsum']:6.1f}, "
@@ -138,10 +154,13 @@ def read_csv(path: Path) -> list[dict]:
         return [{k: (v if k == "variant" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def merge(folders: list[str], out: Path) -> list[dict]:
+def merge(folders: list[str], out: Path, force: bool = False) -> list[dict]:
     """Combine the ablation.csv of runs split over several processes into one CSV + PNG."""
+    from temde.outputs import claim_folder
+
     rows = [row for folder in folders for row in read_csv(Path(folder) / "ablation.csv")]
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "ablate", {"merge": [str(Path(f).resolve()) for f in folders]}, force=force,
+                 legacy=older_ablation)
     write_csv(rows, out / "ablation.csv")
     plot_ablation(rows, out / "ablation.png")
     return rows

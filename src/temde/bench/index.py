@@ -361,51 +361,79 @@ def format_two_stage_row(row: dict) -> str:
 
 # ------------------------------------------------------------------ CLI
 
+def _joined(values: list) -> str:
+    return ",".join(str(v) for v in values)
+
+
 def add_index_bench_parsers(bench_subparsers) -> None:
     """Add `bench index` and `bench two-stage` to the `temde bench` sub-parsers (called by temde.cli.bench)."""
     defaults = IndexBenchSettings()
-    index = bench_subparsers.add_parser("index", help="FAISS search latency: flat / IVF / HNSW over N vectors")
-    index.add_argument("--out", default="runs/bench/index.json", help="JSON file to write")
+    index = bench_subparsers.add_parser("index", help="FAISS search latency: flat / IVF / HNSW over N vectors",
+                                        description=__doc__.splitlines()[0])
+    index.add_argument("--out", default="runs/bench/index.json", help="JSON file to write; default %(default)s")
+    index.add_argument("--force", action="store_true", help="replace --out if it exists")
     index.add_argument("--n", type=int, default=defaults.n, help="database vectors (default 1,000,000: ~4 GiB "
                                                                  "at 1024-d, twice that at peak)")
-    index.add_argument("--dim", type=int, default=defaults.dim)
-    index.add_argument("--queries", type=int, default=defaults.queries)
-    index.add_argument("--flat-queries", type=int, default=defaults.flat_queries)
-    index.add_argument("-k", type=int, default=defaults.k)
-    index.add_argument("--kinds", type=_names, default=defaults.kinds)
-    index.add_argument("--nlist", type=int, default=defaults.nlist)
-    index.add_argument("--train-size", type=int, default=defaults.train_size)
-    index.add_argument("--nprobe", type=_ints, default=defaults.nprobe, help="comma-separated sweep")
-    index.add_argument("--hnsw-m", type=int, default=defaults.hnsw_m)
-    index.add_argument("--ef-construction", type=int, default=defaults.ef_construction)
-    index.add_argument("--ef-search", type=_ints, default=defaults.ef_search, help="comma-separated sweep")
-    index.add_argument("--distribution", choices=("clustered", "uniform"), default=defaults.distribution)
-    index.add_argument("--clusters", type=int, default=defaults.clusters)
-    index.add_argument("--latent", type=int, default=defaults.latent, help="intrinsic dimension (clustered)")
+    index.add_argument("--dim", type=int, default=defaults.dim, help="vector dimension; default %(default)s")
+    index.add_argument("--queries", type=int, default=defaults.queries,
+                       help="latency and recall queries of the approximate indexes; default %(default)s")
+    index.add_argument("--flat-queries", type=int, default=defaults.flat_queries,
+                       help="latency queries of the exact flat index; default %(default)s")
+    index.add_argument("-k", type=int, default=defaults.k, help="neighbours per query; default %(default)s")
+    index.add_argument("--kinds", type=_names, default=defaults.kinds,
+                       help=f"comma-separated index kinds; default {_joined(defaults.kinds)}")
+    index.add_argument("--nlist", type=int, default=defaults.nlist, help="IVF lists; default %(default)s")
+    index.add_argument("--train-size", type=int, default=defaults.train_size,
+                       help="IVF k-means training sample; default %(default)s")
+    index.add_argument("--nprobe", type=_ints, default=defaults.nprobe,
+                       help=f"IVF lists visited, comma-separated sweep; default {_joined(defaults.nprobe)}")
+    index.add_argument("--hnsw-m", type=int, default=defaults.hnsw_m,
+                       help="HNSW neighbours per node; default %(default)s")
+    index.add_argument("--ef-construction", type=int, default=defaults.ef_construction,
+                       help="HNSW build candidates; default %(default)s")
+    index.add_argument("--ef-search", type=_ints, default=defaults.ef_search,
+                       help=f"HNSW search candidates, comma-separated sweep; default {_joined(defaults.ef_search)}")
+    index.add_argument("--distribution", choices=("clustered", "uniform"), default=defaults.distribution,
+                       help="clustered (like real embeddings) or uniform (worst case); default %(default)s")
+    index.add_argument("--clusters", type=int, default=defaults.clusters,
+                       help="clusters of the clustered distribution; default %(default)s")
+    index.add_argument("--latent", type=int, default=defaults.latent,
+                       help="intrinsic dimension (clustered); default %(default)s")
     index.add_argument("--spread", type=float, default=defaults.spread,
-                       help="within-cluster spread relative to the centres' (clustered; 1 = overlapping clusters)")
+                       help="within-cluster spread relative to the centres' (clustered; 1 = overlapping clusters); "
+                            "default %(default)s")
     index.add_argument("--threads", type=int, default=None, help="FAISS threads (default: all cores)")
-    index.add_argument("--seed", type=int, default=0)
+    index.add_argument("--seed", type=int, default=0, help="seed of the vectors and queries; default %(default)s")
     index.set_defaults(run=run_index_command)
 
     two = TwoStageBenchSettings()
-    stage = bench_subparsers.add_parser("two-stage", help="one text query: full scoring vs short list + re-rank")
-    stage.add_argument("--out", default="runs/bench/two_stage.json", help="JSON file to write")
-    stage.add_argument("--gallery", type=int, default=two.gallery)
-    stage.add_argument("--models", type=_names, default=two.models, help="comma-separated model presets")
-    stage.add_argument("--regions", type=int, default=two.regions)
-    stage.add_argument("--rerank", type=int, default=two.rerank)
-    stage.add_argument("--queries", type=int, default=two.queries)
-    stage.add_argument("--words", type=int, default=two.words)
-    stage.add_argument("--image-block", type=int, default=two.image_block)
-    stage.add_argument("--first-stage", choices=("flat", "ivf", "hnsw"), default=two.first_stage)
-    stage.add_argument("--device", default="cpu")
-    stage.add_argument("--threads", type=int, default=None)
-    stage.add_argument("--seed", type=int, default=0)
+    stage = bench_subparsers.add_parser("two-stage", help="one text query: full scoring vs short list + re-rank",
+                                        description="One text query against a gallery of encoded images (random "
+                                                    "weights: only the time matters): full scoring vs cosine short "
+                                                    "list + re-ranking.")
+    stage.add_argument("--out", default="runs/bench/two_stage.json", help="JSON file to write; default %(default)s")
+    stage.add_argument("--force", action="store_true", help="replace --out if it exists")
+    stage.add_argument("--gallery", type=int, default=two.gallery, help="images in the gallery; default %(default)s")
+    stage.add_argument("--models", type=_names, default=two.models,
+                       help=f"comma-separated model presets; default {_joined(two.models)}")
+    stage.add_argument("--regions", type=int, default=two.regions, help="regions per image; default %(default)s")
+    stage.add_argument("--rerank", type=int, default=two.rerank, help="short-list size; default %(default)s")
+    stage.add_argument("--queries", type=int, default=two.queries, help="timed queries; default %(default)s")
+    stage.add_argument("--words", type=int, default=two.words, help="words per query caption; default %(default)s")
+    stage.add_argument("--image-block", type=int, default=two.image_block,
+                       help="images per scoring call of full scoring; default %(default)s")
+    stage.add_argument("--first-stage", choices=("flat", "ivf", "hnsw"), default=two.first_stage,
+                       help="FAISS index of the first stage; default %(default)s")
+    stage.add_argument("--device", default="cpu", help="cpu, cuda ...; default %(default)s")
+    stage.add_argument("--threads", type=int, default=None, help="torch and FAISS threads (default: all cores)")
+    stage.add_argument("--seed", type=int, default=0, help="seed of the random gallery; default %(default)s")
     stage.set_defaults(run=run_two_stage_command)
 
 
 def run_index_command(args: argparse.Namespace) -> int:
+    from temde.outputs import claim_file
+
+    claim_file(args.out, force=args.force)  # before minutes of measuring
     settings = IndexBenchSettings(
         n=args.n, dim=args.dim, queries=args.queries, flat_queries=args.flat_queries, k=args.k, kinds=args.kinds,
         nlist=args.nlist, train_size=args.train_size, nprobe=args.nprobe, hnsw_m=args.hnsw_m,
@@ -422,6 +450,9 @@ def run_index_command(args: argparse.Namespace) -> int:
 
 
 def run_two_stage_command(args: argparse.Namespace) -> int:
+    from temde.outputs import claim_file
+
+    claim_file(args.out, force=args.force)
     settings = TwoStageBenchSettings(
         gallery=args.gallery, models=args.models, regions=args.regions, rerank=args.rerank, queries=args.queries,
         words=args.words, image_block=args.image_block, first_stage=args.first_stage, device=args.device,

@@ -15,15 +15,24 @@ COMMAND_MODULES = [
     "temde.cli.evaluate",
     "temde.cli.imports",
     "temde.cli.demo",
+    "temde.cli.compare",
     "temde.cli.bench",
     "temde.cli.ablate",
     "temde.cli.index",
+    "temde.cli.serve",
     "temde.cli.models",
 ]
 
 
+DESCRIPTION = ("Image-caption retrieval with T-EMDE: train SAF/SGR models whose global pooling is a trainable "
+               "EMDE sketch (or SGRAF's attention, for comparison), evaluate them, and search images by text.")
+EPILOG = ("Start with `temde demo --quick` (prepares the default clip-art data, trains both poolings, writes a "
+          "report with figures). `temde COMMAND --help` describes each command. Downloads and cached features go "
+          "to $TEMDE_CACHE (default ~/.cache/temde).")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="temde", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="temde", description=DESCRIPTION, epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -38,14 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line as given, for messages that print a command to run next
     try:
         result = args.run(args)
     except TemdeError as exc:
         print(f"temde {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"temde {args.command}: interrupted", file=sys.stderr)
+        # On a line of its own: a progress bar may hold the cursor at the end of its line.
+        print(f"\ntemde {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `temde ... | head`: the reader left; not an error of ours
         sys.stderr.close()

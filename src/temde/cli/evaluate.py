@@ -15,16 +15,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="split name (default test; COCO 1K/5K: testall)")
     folds = p.add_mutually_exclusive_group()
     folds.add_argument("--fold5", action="store_true", help="mean over 5 folds of the images (COCO 1K)")
-    folds.add_argument("--folds", type=int, help="mean over this many folds")
+    folds.add_argument("--folds", type=int, help="mean over this many folds (default: the whole split at once)")
     p.add_argument("--json", metavar="OUT", help="also write the metrics as JSON")
     p.add_argument("--two-stage", action="store_true",
                    help="also evaluate two-stage retrieval (global-vector short list, model re-rank) and time it")
     p.add_argument("--rerank", type=int, default=100, help="short-list size of --two-stage (default 100)")
     p.add_argument("--global-score", type=_weight, metavar="W",
                    help="score with W x the cosine of the global vectors added to the head's score, instead of the "
-                        "weight each checkpoint was trained with (re-weighting needs no retraining; choose W on dev)")
+                        "weight each checkpoint was trained with (re-weighting needs no retraining; choose W on dev; "
+                        "default: each checkpoint's own weight)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--batch-size", type=int, default=128, help="encoding batch size")
+    p.add_argument("--batch-size", type=int, default=128, help="encoding batch size; default %(default)s")
     # Block defaults live in temde.scoring (imported lazily: the CLI starts without torch).
     p.add_argument("--image-block", type=int, help="images per scoring block (default 64; larger is faster on a GPU)")
     p.add_argument("--caption-block", type=int, help="captions per scoring block (default 32)")
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         return run_two_stage(args, split, device)
     sims = ensemble_scores(args.checkpoint, split, device, args.batch_size, args.image_block, args.caption_block,
                            args.global_score)
-    k = split.captions_per_image
+    k = split.layout  # k captions per image, or the caption->image index of a {split}_cap2img.npy
     folds = 5 if args.fold5 else args.folds
     try:
         if folds:
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # e.g. images that do not split into equal folds
         raise TemdeError(str(exc)) from None
     n_eval = split.n_images // folds if folds else split.n_images
-    label = f"{split.name}: {split.n_images} images x {k} captions" + (f", mean of {folds} folds" if folds else "")
+    per_image = f"x {k} captions" if split.caption_images is None else f"and {split.n_captions} captions"
+    label = f"{split.name}: {split.n_images} images {per_image}" + (f", mean of {folds} folds" if folds else "")
     print(f"{label} ({len(args.checkpoint)} checkpoint{'s' if len(args.checkpoint) > 1 else ''})")
     print(format_metrics(result))
     if per_fold:
@@ -115,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         report = {"checkpoints": args.checkpoint, "data": str(args.data), "split": split.name,
                   "global_score": args.global_score,
-                  "n_images": split.n_images, "captions_per_image": k, "folds": folds, "metrics": result,
+                  "n_images": split.n_images, "n_captions": split.n_captions,
+                  "captions_per_image": split.captions_per_image, "folds": folds, "metrics": result,
                   "per_fold": per_fold, "chance_rsum": chance_rsum(n_eval, k)}
         with atomic_write(args.json) as handle:
             json.dump(report, handle, indent=2)

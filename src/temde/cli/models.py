@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         preset = load_preset(name)
         model, train = preset["model"], preset["train"]
         rows.append((name, model["head"], model["pooling"], str(model["img_dim"]), str(model["embed_size"]),
-                     str(model["sim_dim"]), f"{train['epochs']}/{train['lr_update']}", preset["description"]))
+                     str(model.get("sim_dim", "-")), f"{train['epochs']}/{train['lr_update']}", preset["description"]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])

@@ -67,6 +67,7 @@ class CaptionDataset(Dataset):
         self.split = split
         self.vocab = vocab
         self._images: np.ndarray | None = split.images
+        self._image_ids = split.image_ids()
 
     def __len__(self) -> int:
         return self.split.n_captions
@@ -82,7 +83,7 @@ class CaptionDataset(Dataset):
         if self._images is None:  # first item in a worker process
             self._images = self.split.open_images()
             self.split = dataclasses.replace(self.split, images=self._images)
-        image_id = index // self.split.captions_per_image
+        image_id = int(self._image_ids[index])
         image = np.array(self._images[image_id], dtype=np.float32)  # copy out of the memory map
         return image, self.vocab.encode(self.split.captions[index]), image_id, index
 

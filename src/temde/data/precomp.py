@@ -5,11 +5,14 @@ consecutive lines per image, k = n_captions / n_images. Some files of the field 
 times (n_rows == n_captions); that layout is recognised when rows 0..k-1 are bitwise-equal and row k differs,
 and every k-th row is then used as the image (checked for all groups when `validate=True`).
 
-Arrays are memory-mapped (COCO train is tens of GB); captions are read as UTF-8 text, never bytes. Problems
+An optional `{split}_cap2img.npy` (int64, one entry per caption line) names the image of every caption, so an
+image may have 1..n captions; without it the fixed-k layout above holds (Flickr30K/COCO files stay exactly as
+they are). Arrays are memory-mapped (COCO train is tens of GB); captions are read as UTF-8 text, never bytes. Problems
 are DataErrors whose one-line message names the file (and the line or image index).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +36,18 @@ def caption_file(data_dir: str | os.PathLike, split: str) -> Path:
     return Path(data_dir) / f"{split}_caps.txt"
 
 
+def caption_index_file(data_dir: str | os.PathLike, split: str) -> Path:
+    return Path(data_dir) / f"{split}_cap2img.npy"
+
+
 @dataclass(frozen=True)
 class PrecompSplit:
-    """One split: images[i] is image i, captions[j] belongs to image j // captions_per_image.
+    """One split: images[i] is image i, captions[j] belongs to image `image_ids()[j]`: j // captions_per_image
+    in the fixed layout, `caption_images[j]` when a caption->image index is given (then captions_per_image is 0).
 
     Build it with `load_split`, or in memory with `PrecompSplit.from_arrays` (tests, synthetic data).
-    `images_repeated` says the file repeats each image k times and `images` views every k-th row.
+    `images_repeated` says the file repeats each image k times and `images` views every k-th row. `layout` is
+    what the metrics take (temde.evaluation): k, or the caption->image array.
     """
 
     name: str
@@ -47,15 +56,25 @@ class PrecompSplit:
     captions_per_image: int
     data_dir: Path | None = None
     images_repeated: bool = False
+    caption_images: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
-    def from_arrays(cls, images: np.ndarray, captions: list[str], name: str = "memory") -> PrecompSplit:
-        """An in-memory split (no files); k is inferred from the counts."""
+    def from_arrays(cls, images: np.ndarray, captions: list[str], name: str = "memory",
+                    caption_images: np.ndarray | None = None) -> PrecompSplit:
+        """An in-memory split (no files); k is inferred from the counts unless `caption_images` is given."""
         images = np.asarray(images, dtype=np.float32)
+        if caption_images is not None:
+            index = _checked_index(np.asarray(caption_images), len(images), len(captions), "caption_images")
+            return cls(name, images, list(captions), 0, caption_images=index)
         if images.ndim != 3 or len(images) == 0 or not captions or len(captions) % len(images):
             raise ValueError(f"need images [n>0, R, D] and a positive multiple of n captions, got images "
                              f"{images.shape} and {len(captions)} captions")
         return cls(name, images, list(captions), len(captions) // len(images))
+
+    @property
+    def layout(self) -> int | np.ndarray:
+        """The caption layout the metrics take: k, or the caption->image array."""
+        return self.captions_per_image if self.caption_images is None else self.caption_images
 
     @property
     def n_images(self) -> int:
@@ -75,7 +94,26 @@ class PrecompSplit:
 
     def image_ids(self) -> np.ndarray:
         """The image id of every caption: [n_captions] int64."""
+        if self.caption_images is not None:
+            return self.caption_images
         return np.arange(self.n_captions, dtype=np.int64) // self.captions_per_image
+
+    def subset(self, n_images: int) -> "PrecompSplit":
+        """The first `n_images` images and their captions."""
+        if n_images >= self.n_images:
+            return self
+        if n_images < 1:
+            raise ValueError(f"subset: expected a positive number of images, got {n_images}")
+        if self.caption_images is None:
+            k = self.captions_per_image
+            return dataclasses.replace(self, images=self.images[:n_images], captions=self.captions[:n_images * k])
+        keep = np.flatnonzero(self.caption_images < n_images)
+        return dataclasses.replace(self, images=self.images[:n_images], captions=[self.captions[j] for j in keep],
+                                   caption_images=self.caption_images[keep])
+
+    def captions_of(self, image: int) -> list[int]:
+        """The caption indices of one image."""
+        return captions_of_image(self.layout, image)
 
     def open_images(self) -> np.ndarray:
         """A fresh memory map of the image file, same view as `images` (for DataLoader workers)."""
@@ -83,6 +121,18 @@ class PrecompSplit:
             return self.images
         rows = np.load(self.image_path, mmap_mode="r", allow_pickle=False)
         return rows[::self.captions_per_image] if self.images_repeated else rows
+
+
+def image_of_caption(layout: int | np.ndarray, caption: int) -> int:
+    """The image of caption `caption` under a caption layout (k, or the caption->image array)."""
+    return caption // layout if isinstance(layout, (int, np.integer)) else int(layout[caption])
+
+
+def captions_of_image(layout: int | np.ndarray, image: int) -> list[int]:
+    """The caption indices of image `image` under a caption layout (k, or the caption->image array)."""
+    if isinstance(layout, (int, np.integer)):
+        return list(range(image * layout, (image + 1) * layout))
+    return np.flatnonzero(np.asarray(layout) == image).tolist()
 
 
 # ---------------------------------------------------------------- reading
@@ -216,6 +266,32 @@ def _captions_per_image(caps_path: Path, path: Path, rows: np.ndarray, n_caption
     return repeat, True
 
 
+def _checked_index(index: np.ndarray, n_images: int, n_captions: int, name: str) -> np.ndarray:
+    """A caption->image index: 1-D integers, one per caption, each image in range and each image captioned."""
+    if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
+        raise ValueError(f"{name}: expected a 1-D integer array, got {index.dtype} {index.shape}")
+    if len(index) != n_captions:
+        raise ValueError(f"{name}: {len(index)} entries for {n_captions} captions")
+    if len(index) and (index.min() < 0 or index.max() >= n_images):
+        bad = int(np.flatnonzero((index < 0) | (index >= n_images))[0])
+        raise ValueError(f"{name}: caption {bad} points to image {int(index[bad])}, outside the {n_images} images")
+    covered = np.bincount(index, minlength=n_images)
+    if (covered == 0).any():
+        raise ValueError(f"{name}: image {int(np.argmin(covered))} has no caption")
+    return index.astype(np.int64, copy=False)
+
+
+def _load_caption_index(path: Path, n_images: int, n_captions: int) -> np.ndarray:
+    try:
+        index = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+    try:
+        return _checked_index(np.asarray(index), n_images, n_captions, str(path))
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+
+
 def load_split(data_dir: str | os.PathLike, split: str, validate: bool = True,
                captions_per_image: int | None = None) -> PrecompSplit:
     """Open `{split}_ims.npy` (memory-mapped) and `{split}_caps.txt`.
@@ -232,6 +308,12 @@ def load_split(data_dir: str | os.PathLike, split: str, validate: bool = True,
         raise DataError(f"{caps_path}: empty split (0 captions)")
     if captions_per_image is not None and captions_per_image < 1:
         raise ValueError(f"captions_per_image must be >= 1, got {captions_per_image}")
+    index_path = caption_index_file(data_dir, split)
+    if index_path.is_file():  # 1..n captions per image, each naming its image row
+        index = _load_caption_index(index_path, len(rows), len(captions))
+        if validate:
+            _scan_rows(ims_path, rows, 1)
+        return PrecompSplit(split, rows, captions, 0, data_dir, False, index)
     k, repeated = _captions_per_image(caps_path, ims_path, rows, len(captions), captions_per_image, validate)
     if validate:
         _scan_rows(ims_path, rows, k if repeated else 1)
@@ -249,8 +331,10 @@ def available_splits(data_dir: str | os.PathLike) -> list[str]:
 
 # ---------------------------------------------------------------- writing
 
-def write_split(data_dir: str | os.PathLike, split: str, images: np.ndarray, captions: list[str]) -> None:
-    """Write `{split}_ims.npy` and `{split}_caps.txt`, each atomically (temporary file + os.replace)."""
+def write_split(data_dir: str | os.PathLike, split: str, images: np.ndarray, captions: list[str],
+                caption_images: np.ndarray | None = None) -> None:
+    """Write `{split}_ims.npy` and `{split}_caps.txt` (and `{split}_cap2img.npy` when `caption_images` names each
+    caption's image), each atomically (temporary file + os.replace)."""
     images = np.asarray(images)
     if images.ndim != 3 or 0 in images.shape:
         raise ValueError(f"images must be a non-empty (n_images, regions, dim) array, got shape {images.shape}")
@@ -259,7 +343,9 @@ def write_split(data_dir: str | os.PathLike, split: str, images: np.ndarray, cap
     bad = _first_non_finite(images)
     if bad is not None:  # a file load_split would refuse is not worth writing
         raise ValueError(f"images[{bad}] has non-finite values")
-    if not captions or len(captions) % len(images):
+    if caption_images is not None:
+        caption_images = _checked_index(np.asarray(caption_images), len(images), len(captions), "caption_images")
+    elif not captions or len(captions) % len(images):
         raise ValueError(f"{len(captions)} captions is not a positive multiple of {len(images)} images")
     lines = []
     for i, caption in enumerate(captions):
@@ -271,6 +357,12 @@ def write_split(data_dir: str | os.PathLike, split: str, images: np.ndarray, cap
         np.save(f, images.astype(np.float32, copy=False), allow_pickle=False)
     with atomic_write(caption_file(data_dir, split)) as f:
         f.write("\n".join(lines) + "\n")
+    index_path = caption_index_file(data_dir, split)
+    if caption_images is not None:
+        with atomic_write(index_path, binary=True) as f:
+            np.save(f, caption_images, allow_pickle=False)
+    elif index_path.exists():  # a stale index would re-assign the new captions
+        index_path.unlink()
 
 
 # ---------------------------------------------------------------- vocabulary

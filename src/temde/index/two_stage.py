@@ -159,20 +159,23 @@ def two_stage_scores(model: nn.Module, img: Encoded, cap: Encoded, rerank: int,
     return TwoStageScores(i2t, t2i, i2t_lists, t2i_lists, first_stage, rerank_time)
 
 
-def shortlist_recall(scores: TwoStageScores, captions_per_image: int) -> dict[str, float]:
+def shortlist_recall(scores: TwoStageScores, captions_per_image: int | np.ndarray) -> dict[str, float]:
     """Percent of queries whose true item made the short list (the ceiling two-stage recall can reach).
 
     Membership of the list that was re-ranked: no scores are compared, so there are no ties to rank (cosine ties at
     the K-th place were settled by `topk`, as the re-ranking saw them)."""
     n_cap = len(scores.t2i_shortlists)
-    true_image = torch.arange(n_cap) // captions_per_image
+    from temde.evaluation import caption_images
+
+    owner = torch.from_numpy(caption_images(captions_per_image, len(scores.i2t_shortlists), n_cap))
+    true_image = owner
     t2i_hit = (scores.t2i_shortlists == true_image[:, None]).any(1)
-    i2t_hit = (scores.i2t_shortlists // captions_per_image == torch.arange(len(scores.i2t_shortlists))[:, None]).any(1)
+    i2t_hit = (owner[scores.i2t_shortlists] == torch.arange(len(scores.i2t_shortlists))[:, None]).any(1)
     return {"i2t_shortlist_recall": 100.0 * float(i2t_hit.float().mean()),
             "t2i_shortlist_recall": 100.0 * float(t2i_hit.float().mean())}
 
 
-def evaluate_two_stage(scores: TwoStageScores, captions_per_image: int = 5) -> dict[str, float]:
+def evaluate_two_stage(scores: TwoStageScores, captions_per_image: int | np.ndarray = 5) -> dict[str, float]:
     """Metrics with the keys of `evaluation.evaluate`: image->text from the i2t matrix, text->image from t2i."""
     from temde.evaluation import METRIC_KEYS, RECALL_KS, evaluate
 
@@ -227,11 +230,16 @@ def two_stage_evaluate(model: nn.Module, split: PrecompSplit, vocab, rerank: int
     n_folds = folds or 1
     if n_folds < 1 or split.n_images % n_folds:
         raise ValueError(f"folds: {split.n_images} images do not split into {folds} equal folds")
+    if split.caption_images is not None:  # 1..n captions per image: one fold, the caption->image index as layout
+        if n_folds > 1:
+            raise ValueError("folds: two-stage evaluation in folds needs k captions per image (no cap2img index)")
+        k = split.caption_images
     start = time.perf_counter()
     img, cap = encode_split(model, split, vocab, batch_size, device)
     encode_seconds = time.perf_counter() - start
     size = split.n_images // n_folds
-    per_fold = [_evaluate_encoded(model, img[f * size:(f + 1) * size], cap[f * size * k:(f + 1) * size * k], k,
+    per_fold = [_evaluate_encoded(model, img[f * size:(f + 1) * size], cap if n_folds == 1 else
+                                  cap[f * size * k:(f + 1) * size * k], k,
                                   rerank, device, compare_full, image_block, caption_block) for f in range(n_folds)]
     averaged = [*METRIC_KEYS, "i2t_shortlist_recall", "t2i_shortlist_recall"]
     result: dict[str, Any] = {key: float(np.mean([r[key] for r in per_fold])) for key in averaged}
@@ -291,13 +299,24 @@ def encode_globals(model: nn.Module, split: PrecompSplit, vocab, batch_size: int
 
 def build_index(checkpoint_path: str | os.PathLike, data_dir: str | os.PathLike, split_name: str,
                 out: str | os.PathLike, options: IndexOptions | None = None, device: str | None = None,
-                batch_size: int = 128, captions: bool = True, log=print) -> IndexDirectory:
-    """`temde index build`: encode a split with a checkpoint's model and write an index directory."""
+                batch_size: int = 128, captions: bool = True, force: bool = False, log=print) -> IndexDirectory:
+    """`temde index build`: encode a split with a checkpoint's model and write an index directory.
+
+    `out` follows the output-folder policy (temde.outputs): a folder holding something else is refused, an index
+    built there with another model, data or options needs `force`, the same request rebuilds it."""
+    from temde.outputs import claim_folder
     from temde.training.checkpoint import load_checkpoint, restore_model, restore_vocab
 
     options = options or IndexOptions()
     checkpoint = load_checkpoint(checkpoint_path)
     fingerprint = model_fingerprint(checkpoint)
+    request = {"checkpoint": str(Path(checkpoint_path).resolve()), "model_sha256": fingerprint,
+               "data": str(Path(data_dir).resolve()), "split": split_name, "captions": captions,
+               **options.to_dict()}
+    claim = claim_folder(out, "index build", request, force=force, legacy=_older_index,
+                         names={"model_sha256": "the checkpoint's weights", "captions": "--no-captions"})
+    if claim.state == "same":
+        log(f"{out}: built before from the same request; rebuilding it")
     model = restore_model(checkpoint, device or "cpu")
     vocab = restore_vocab(checkpoint)
     split = load_split(data_dir, split_name)
@@ -320,6 +339,12 @@ def build_index(checkpoint_path: str | os.PathLike, data_dir: str | os.PathLike,
     }
     save_index_directory(out, parts, meta)
     return IndexDirectory(Path(out), read_meta(out), parts)
+
+
+def _older_index(folder: Path) -> dict | None:
+    """An index directory written before output records existed: recognised by its meta.json; what it was built
+    with is not compared (temde.outputs), so replacing it needs --force."""
+    return {} if (folder / "meta.json").is_file() else None
 
 
 # ------------------------------------------------------------------ single queries

@@ -8,7 +8,9 @@ from typing import Any
 
 from temde.errors import TemdeError
 
-HEADS = ("saf", "sgr")
+# The hosts: SGRAF's two similarity heads over SCAN alignment, and the dual encoder (score = cosine of the pooled
+# vectors, VSE-infinity's image side). One field names the host, so checkpoints of every host rebuild alike.
+HEADS = ("saf", "sgr", "vse")
 
 
 class ConfigError(TemdeError, ValueError):
@@ -18,9 +20,12 @@ class ConfigError(TemdeError, ValueError):
 
 @dataclass
 class ModelConfig:
-    """Architecture of an SGRAF-style retrieval model (defaults: SGRAF's published Flickr30K/COCO settings)."""
+    """Architecture of a retrieval model: SGRAF's SAF/SGR or the VSE dual encoder (defaults: SGRAF's published
+    Flickr30K/COCO settings)."""
 
-    head: str = "sgr"  # "saf" (similarity attention filtration) or "sgr" (similarity graph reasoning)
+    # The host: "saf" (similarity attention filtration) or "sgr" (similarity graph reasoning) over SCAN alignment,
+    # or "vse" (dual encoder: score = cosine of the two pooled vectors; sim_dim, lambda_softmax, sgr_steps unused)
+    head: str = "sgr"
     pooling: str = "attention"  # global pooling kind, see temde.pooling.list_pools()
     pool_options: dict[str, Any] = field(default_factory=dict)  # extra make_pool options for that kind
     shared_pool: bool = False  # one pool module for both modalities (not possible for "attention": BN on images)
@@ -78,6 +83,8 @@ class ModelConfig:
         if isinstance(self.global_score, bool) or not isinstance(self.global_score, (int, float)) \
                 or not self.global_score >= 0:
             raise ConfigError(f"global_score must be a number >= 0, got {self.global_score!r}")
+        if self.head == "vse" and self.global_score:
+            raise ConfigError("global_score must be 0 for head 'vse': its score already is the cosine of the globals")
         if self.lambda_softmax <= 0:
             raise ConfigError(f"lambda_softmax must be > 0, got {self.lambda_softmax!r}")
 

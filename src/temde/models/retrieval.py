@@ -1,4 +1,5 @@
-"""RetrievalModel: SGRAF's SAF or SGR with a swappable global pooling (SGRAF's self-attention, T-EMDE, ...)."""
+"""RetrievalModel: a host (SGRAF's SAF or SGR, or the VSE dual encoder) with a swappable global pooling (SGRAF's
+self-attention, T-EMDE, GPO, ...)."""
 from __future__ import annotations
 
 import torch
@@ -8,6 +9,7 @@ from temde.models.alignment import SimilarityEncoder
 from temde.models.config import ConfigError, ModelConfig
 from temde.models.encoders import Encoded, ImageEncoder, TextEncoder, l2norm
 from temde.models.heads import make_head
+from temde.models.vse import VSEImageEncoder, cosine_scores
 from temde.pooling import make_pool
 
 
@@ -21,8 +23,13 @@ def _build_pool(config: ModelConfig, images: bool) -> nn.Module:
 
 
 class RetrievalModel(nn.Module):
-    """Image-text matching model; `forward(images, image_mask, tokens, lengths)` -> `[B_img, B_cap]` scores:
-    the head's score, plus `config.global_score` times the cosine of the two global vectors when that is set.
+    """Image-text matching model; `forward(images, image_mask, tokens, lengths)` -> `[B_img, B_cap]` scores.
+
+    The config's `head` names the host. "saf" / "sgr" (SGRAF): the head's score of SCAN's local alignment plus the
+    global node, plus `config.global_score` times the cosine of the two global vectors when that is set. "vse"
+    (VSE-infinity's dual encoder): regions through FC + MLP residual, and the score is the cosine of the two global
+    vectors alone, one matrix product; there is no `similarity` or `head` module. Every host encodes the same way
+    (local tokens, mask, pooled global), so training, evaluation, checkpoints and the index treat them alike.
 
     Evaluation encodes each modality once (`encode_images`, `encode_captions`) and scores blocks of pairs with
     `score`, which handles every pair of a block in batched tensor code.
@@ -33,7 +40,10 @@ class RetrievalModel(nn.Module):
         if config.vocab_size is None:
             raise ConfigError("vocab_size must be set to build a model (the size of the vocabulary)")
         self.config = config
-        self.image_encoder = ImageEncoder(config.img_dim, config.embed_size, normalize=config.img_norm)
+        if config.head == "vse":
+            self.image_encoder = VSEImageEncoder(config.img_dim, config.embed_size, normalize=config.img_norm)
+        else:
+            self.image_encoder = ImageEncoder(config.img_dim, config.embed_size, normalize=config.img_norm)
         self.text_encoder = TextEncoder(config.vocab_size, config.word_dim, config.embed_size, config.gru_layers,
                                         config.bidirectional, config.word_dropout, normalize=config.txt_norm)
         self.image_pool = _build_pool(config, images=True)
@@ -42,9 +52,12 @@ class RetrievalModel(nn.Module):
         if self.caption_pool is not None and self.caption_pool.out_dim != self.image_pool.out_dim:
             raise ConfigError(f"image and caption pools disagree on out_dim "
                               f"({self.image_pool.out_dim} vs {self.caption_pool.out_dim})")
-        self.similarity = SimilarityEncoder(config.embed_size, self.image_pool.out_dim, config.sim_dim,
-                                            config.lambda_softmax)
-        self.head = make_head(config.head, config.sim_dim, config.sgr_steps)
+        self.similarity: SimilarityEncoder | None = None
+        self.head: nn.Module | None = None
+        if config.head != "vse":  # the dual encoder scores the globals alone: no alignment, no head
+            self.similarity = SimilarityEncoder(config.embed_size, self.image_pool.out_dim, config.sim_dim,
+                                                config.lambda_softmax)
+            self.head = make_head(config.head, config.sim_dim, config.sgr_steps)
         if word_vectors is not None:
             self.init_word_vectors(word_vectors)
 
@@ -66,7 +79,10 @@ class RetrievalModel(nn.Module):
         return Encoded(local, mask, self.pools[1](local, mask))
 
     def score(self, img: Encoded, cap: Encoded) -> torch.Tensor:
-        """Scores `[n_img, n_cap]` of every pair; memory grows as n_img * n_cap * words * embed_size."""
+        """Scores `[n_img, n_cap]` of every pair. SAF/SGR: memory grows as n_img * n_cap * words * embed_size;
+        vse: the cosine matrix of the globals (the locals are not read)."""
+        if self.head is None:
+            return cosine_scores(img.global_, cap.global_)
         nodes, node_mask = self.similarity(img, cap)
         scores = self.head(nodes, node_mask)
         if self.config.global_score:

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from temde.sketch.emde import DLSH, bit_weights
 from temde.sketch.validation import check_tokens, masked_mean
@@ -47,6 +48,83 @@ def _code_factor(bits: torch.Tensor) -> torch.Tensor:
     for bit in bits[1:]:
         out = (out.unsqueeze(1) * torch.stack([1 - bit, bit]).unsqueeze(0)).flatten(0, 1)
     return out
+
+
+def _code_factor_backward(bits: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Gradient of `sum_c grad[c] * _code_factor(bits)[c]` with respect to `bits` `[k, ...]`.
+
+    Code c's probability is a product of one factor per bit (a_j or 1 - a_j), so its derivative in a_j is
+    +-(product of the other bits' factors): the difference of the two halves of `grad` split on bit j, weighted
+    by the codes of the other k - 1 bits. No division by a factor, so it stays exact where a factor is 0.
+    """
+    k, rest = bits.shape[0], grad.shape[1:]
+    halves = grad.view((2,) * k + tuple(rest))
+    out = []
+    for j in range(k):
+        diff = halves.select(j, 1) - halves.select(j, 0)  # [2] * (k - 1) + rest
+        if k == 1:
+            out.append(diff)
+        else:
+            others = _code_factor(torch.cat([bits[:j], bits[j + 1:]]))  # [2**(k-1), ...]
+            out.append((diff.reshape((-1,) + tuple(rest)) * others).sum(0))
+    return torch.stack(out)
+
+
+class SigmoidHistogram(torch.autograd.Function):
+    """Masked, weighted sum over tokens of the sigmoid-product code probabilities, factorised, with a
+    hand-written backward.
+
+    `apply(z [B, L, N, K], weights [B, L], high) -> counts [B, N, 2**K]`, where z are the scaled plane distances
+    and `high` the number of high bits of the factorisation. A code's probability factorises over its high and
+    low bits, p(c) = p_high(h) p_low(l), so the sum over tokens is a matrix product per (set, partitioning):
+    counts[h, l] = sum_t w_t p_high_t(h) p_low_t(l) = (P_high^T diag(w) P_low)[h, l], factors of 2**(K/2)
+    columns built with the tokens as the innermost (contiguous) axis.
+
+    Autograd would keep every intermediate factor and its permuted copies. This backward keeps only the bit
+    probabilities `sigmoid(z)` ([K, B, N, L], the size of z) and the weights, and rebuilds the two factors:
+        dL/d(w p_high) = G P_low^T,  dL/dp_low = G^T (w p_high),  dL/dw_t = sum_{n,h} dL/d(w p_high) p_high,
+    then through each factor's product of bits (`_code_factor_backward`) and the sigmoid, a (1 - a).
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, weights: torch.Tensor, high: int) -> torch.Tensor:
+        bits = torch.sigmoid(z).permute(3, 0, 2, 1).contiguous()  # [K, B, N, L]: tokens innermost
+        p_high = _code_factor(bits[:high]) * weights[None, :, None, :]  # [2**high, B, N, L]
+        p_low = _code_factor(bits[high:])  # [2**(K - high), B, N, L]
+        counts = torch.matmul(p_high.permute(1, 2, 0, 3), p_low.permute(1, 2, 3, 0))  # [B, N, 2**high, 2**low]
+        ctx.save_for_backward(bits, weights)
+        ctx.high = high
+        return counts.flatten(2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        bits, weights = ctx.saved_tensors
+        high = ctx.high
+        n_bits, batch, parts, _ = bits.shape
+        grad = grad.reshape(batch, parts, 2 ** high, 2 ** (n_bits - high))
+        p_high = _code_factor(bits[:high])  # [Hc, B, N, L], unweighted
+        p_low = _code_factor(bits[high:])  # [Lc, B, N, L]
+        w = weights[None, :, None, :]
+        grad_high_w = torch.matmul(grad, p_low.permute(1, 2, 0, 3))  # [B, N, Hc, L]: d/d(w p_high)
+        grad_weights = grad_z = None
+        if ctx.needs_input_grad[1]:
+            grad_weights = (grad_high_w * p_high.permute(1, 2, 0, 3)).sum((1, 2))
+        if ctx.needs_input_grad[0]:
+            grad_low = torch.matmul(grad.transpose(-1, -2), (p_high * w).permute(1, 2, 0, 3))  # [B, N, Lc, L]
+            del p_high, p_low
+            grad_bits = torch.cat([
+                _code_factor_backward(bits[:high], grad_high_w.permute(2, 0, 1, 3) * w),
+                _code_factor_backward(bits[high:], grad_low.permute(2, 0, 1, 3)),
+            ])  # [K, B, N, L]
+            # Back to z's layout, contiguous: the plane product's backward (two matrix products over every token)
+            # falls off the fast BLAS path with permuted strides, 3-5x slower on a CPU.
+            grad_z = (grad_bits * bits * (1 - bits)).permute(1, 3, 2, 0).contiguous()  # [B, L, N, K]
+            # Flush subnormal values to zero: a token far from a plane (|z| > ~87 in float32) gets a gradient below
+            # the smallest normal number, and subnormal operands make the next matrix products 10-30x slower on
+            # x86 CPUs. Nothing of that size survives the sum over tokens anyway.
+            grad_z.masked_fill_(grad_z.abs() < torch.finfo(grad_z.dtype).tiny, 0.0)
+        return grad_z, grad_weights, None
 
 
 class TEMDE(nn.Module):
@@ -187,12 +265,15 @@ class TEMDE(nn.Module):
         """z = (standardise(x) . w - b) / temperature, `[..., N, K]`.
 
         The standardisation and temperature are folded into a [dim, NK] matrix first: that is a few thousand
-        operations instead of two extra passes over every token.
+        operations instead of two extra passes over every token. The product is a Linear with the folded planes as
+        a contiguous [NK, dim] weight: its backward then multiplies contiguous matrices (the token gradient with a
+        transposed [dim, NK] matrix took 2.5x as long on a CPU).
         """
         scale = self.in_std.unsqueeze(-1) * self.temperature
-        planes = self.planes / scale
+        planes = (self.planes / scale).t().contiguous()
         bias = (self.bias + (self.in_mean / self.in_std) @ self.planes) / self.temperature
-        return (x @ planes.to(x.dtype) - bias.to(x.dtype)).unflatten(-1, (self.n_partitions, self.n_bits))
+        z = F.linear(x, planes.to(x.dtype), -bias.to(x.dtype))
+        return z.unflatten(-1, (self.n_partitions, self.n_bits))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Bucket logits `[..., N, 2**K]`: 1/2 sum_k s_k z_k, whose softmax is the product of bit sigmoids."""
@@ -226,22 +307,10 @@ class TEMDE(nn.Module):
         return counts.view(x.shape[0], self.n_partitions, -1)
 
     def _factorised_histogram(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """The sigmoid-product histogram without materialising the `[B, L, N, 2**K]` assignments.
-
-        A token's code probability factorises over its high and low bits, p(c) = p_high(h) p_low(l), so the sum
-        over tokens is a matrix product per (set, partitioning): counts[h, l] = sum_t w_t p_high_t(h) p_low_t(l)
-        = (P_high^T diag(w) P_low)[h, l]. The factors have 2**(K/2) columns instead of 2**K, and the
-        factors are built with the tokens as the innermost (contiguous) axis, where the elementwise products
-        vectorise. At the host shape this took the pool's CPU forward from 0.357x to 0.127x attention
-        pooling's time (docs/benchmarks.md).
-        """
-        bits = torch.sigmoid(self.plane_distances(x))  # [B, L, N, K]
-        bits = bits.permute(3, 0, 2, 1).contiguous()  # [K, B, N, L]: tokens innermost
-        high = self.n_bits // 2
-        p_high = _code_factor(bits[:high]) * weights.to(bits.dtype)[None, :, None, :]  # [2**high, B, N, L]
-        p_low = _code_factor(bits[high:])  # [2**(K-high), B, N, L]
-        counts = torch.matmul(p_high.permute(1, 2, 0, 3), p_low.permute(1, 2, 3, 0))  # [B, N, 2**high, 2**low]
-        return counts.flatten(2)
+        """The sigmoid-product histogram without materialising the `[B, L, N, 2**K]` assignments, with a
+        hand-written backward (`SigmoidHistogram`) that keeps only the bit probabilities and the token weights."""
+        z = self.plane_distances(x)
+        return SigmoidHistogram.apply(z, weights.to(z.dtype), self.n_bits // 2)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled sketch `[B, out_dim]`, L2-normalised. A row with no real token is the sketch of the empty set

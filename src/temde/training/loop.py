@@ -243,12 +243,7 @@ def load_word_vectors(path: str, vocab, word_dim: int) -> torch.Tensor:
 
 
 def _subset(split, n_images: int | None):
-    if n_images is None or n_images >= split.n_images:
-        return split
-    if n_images < 1:
-        raise ValueError(f"subset: expected a positive number of images, got {n_images}")
-    k = split.captions_per_image
-    return dataclasses.replace(split, images=split.images[:n_images], captions=split.captions[:n_images * k])
+    return split if n_images is None else split.subset(n_images)
 
 
 def _init_pools(model: nn.Module, split, vocab, batch_size: int, seed: int, device: torch.device) -> list[str]:
@@ -300,7 +295,7 @@ def dev_metrics(model: nn.Module, split, vocab, device: torch.device, settings: 
         block = (score_matrix(model, img[rows], cap, settings.image_block, settings.caption_block, device)
                  if rows.stop > rows.start else np.zeros((0, len(cap)), dtype=np.float32))
         sims = distributed.gather_row_blocks(block, len(img), info, device)
-    return evaluate(sims, split.captions_per_image)
+    return evaluate(sims, split.layout)
 
 
 # ---- the loop ------------------------------------------------------------------------------------------------
@@ -422,7 +417,8 @@ def open_run_folder(settings: TrainSettings, write: bool = True) -> dict | None:
     kill cannot leave the old run's best.pt beside the new run's logs). `write`: rank 0 of a distributed run."""
     run_dir = Path(settings.out)
     last = run_dir / "last.pt"
-    inspect_folder(run_dir, "train", _older_run)
+    if write:  # rank 0 only: the others could see its record half-written, and its refusal ends the job anyway
+        inspect_folder(run_dir, "train", _older_run)
     checkpoint = None
     if settings.resume:
         if not last.is_file():
@@ -597,7 +593,7 @@ def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dic
                     hyper["mask_same_image"])
     progress = settings.progress and info.is_main
     # What random scores would get on this dev split: a dev rsum near it means nothing was learned (yet).
-    chance = chance_rsum(dev_split.n_images, dev_split.captions_per_image)
+    chance = chance_rsum(dev_split.n_images, dev_split.layout)
 
     def checkpoint_extra(full: bool) -> dict[str, Any]:
         extra = {key: state[key] for key in ("epoch", "step", "best_rsum", "best_epoch", "train_seconds")}

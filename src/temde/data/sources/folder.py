@@ -134,7 +134,9 @@ def build_dataset(out_dir: str | os.PathLike, image_paths: Sequence[Path], capti
     adjusted += [f"{more} with more keep their first {k}"] if more else []
     log(f"k = {k} caption{'s' if k > 1 else ''} per image ({rule})" + "".join(f"; {a}" for a in adjusted))
     if n_dev + n_test >= n:
-        raise DataError(f"--dev {n_dev} + --test {n_test} leaves no training images out of {n}")
+        share = max(1, n // 10)
+        hint = f"; with {n} images try --dev {share} --test {share}" if n >= 3 else ""
+        raise DataError(f"--dev {n_dev} + --test {n_test} leaves no training images out of {n}{hint}")
 
     features = extractor.extract(image_paths)
     texts = [list(c) + list(group_texts[i] if group_texts is not None else ()) for i, c in enumerate(captions)]
@@ -184,22 +186,73 @@ def build_dataset(out_dir: str | os.PathLike, image_paths: Sequence[Path], capti
     return manifest
 
 
+def older_dataset(folder: Path) -> dict | None:
+    """The settings of a data set prepared before output records existed, as far as its manifest tells them
+    (temde.outputs); {} when it does not tell them, None when the folder holds no data set."""
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {} if any(folder.glob("*_ims.npy")) else None
+    if not isinstance(manifest, dict) or "splits" not in manifest:
+        return None
+    facts = manifest.get("openclipart")
+    if manifest.get("source") != "openclipart" or not isinstance(facts, dict):
+        return {}  # a folder source: its caption file's content was not recorded
+    origin = str(facts.get("origin", ""))
+    requested = manifest.get("requested", {})
+    return {"source": "openclipart", "limit": facts.get("limit"), "dev": requested.get("dev"),
+            "test": requested.get("test"), "seed": manifest.get("seed"),
+            "max_title_repeats": facts.get("max_title_repeats"),
+            "root": None if origin.startswith(("system install", "apt-get download")) else origin,
+            "image_size": manifest.get("image_size")}
+
+
+def claim_dataset_folder(out_dir: str | os.PathLike, settings: dict, force: bool, log=print):
+    """The output-folder policy (temde.outputs) for `temde prepare`: a folder holding something else is refused;
+    a data set prepared with other settings needs --force; the same settings rebuild it (features are cached)."""
+    from temde.outputs import claim_folder
+
+    claim = claim_folder(out_dir, "prepare", settings, force=force, legacy=older_dataset,
+                         names={"captions_sha256": "the content of --captions", "image_size": "--resolution"})
+    if claim.state == "same":
+        log(f"{out_dir}: prepared before with the same settings; rebuilding it")
+    elif claim.state == "replace":
+        log(f"{out_dir}: --force: replacing the data set prepared there ({'; '.join(claim.differences)})")
+    return claim
+
+
 def prepare_folder(images_dir: str | os.PathLike, captions_file: str | os.PathLike, out_dir: str | os.PathLike,
                    *, n_dev: int, n_test: int, seed: int, extractor, captions_per_image: int | None = None,
-                   log=print) -> dict:
-    """Check the caption file against the image folder, then `build_dataset`."""
-    from temde.features import UnreadableImagesError
+                   force: bool = False, log=print) -> dict:
+    """Check the caption file against the image folder, claim `out_dir` (see `claim_dataset_folder`; `force`
+    replaces a data set prepared there with other settings), then `build_dataset`."""
+    import hashlib
+
+    from temde.features import UnreadableImagesError, find_unreadable
 
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: image folder not found")
     table = read_caption_table(captions_file)
     paths = [images_dir / name for name in table.images]
+    first_line = min(lines[0] for lines in table.lines)
     for path, name, lines in zip(paths, table.images, table.lines):
         if not path.is_file():
-            raise DataError(f"{table.path}: line {lines[0]}: image {name!r} not found in {images_dir}")
+            # A header row ("file<TAB>caption") is the usual reason the first line names no image.
+            hint = ("; if line 1 is a header row, delete it (the caption file has none)"
+                    if lines[0] == first_line and len(paths) > 1 else "")
+            raise DataError(f"{table.path}: line {lines[0]}: image {name!r} not found in {images_dir}{hint}")
     log(f"{len(paths)} images, {sum(map(len, table.captions))} captions from {table.path}")
+    claim_dataset_folder(out_dir, {
+        "source": "folder", "images": str(images_dir.resolve()), "captions": str(table.path.resolve()),
+        "captions_sha256": hashlib.sha256(table.path.read_bytes()).hexdigest(),
+        "captions_per_image": captions_per_image, "dev": n_dev, "test": n_test, "seed": seed,
+        "image_size": extractor.image_size}, force, log)
     try:
+        # Headers only, before the long feature pass: a file that is no image at all fails in seconds.
+        unreadable = find_unreadable(paths)
+        if unreadable:
+            raise UnreadableImagesError(unreadable)
         return build_dataset(out_dir, paths, table.captions, names=table.images, source="folder",
                              n_dev=n_dev, n_test=n_test, seed=seed, extractor=extractor,
                              captions_per_image=captions_per_image,

@@ -282,15 +282,28 @@ def ensure_openclipart(cache_root: str | os.PathLike, log=print) -> tuple[Path, 
 
 # ---------------------------------------------------------------- the command
 
+def prepare_settings(limit: int | None, n_dev: int, n_test: int, seed: int, max_title_repeats: int,
+                     root: str | os.PathLike | None, image_size: int) -> dict:
+    """What decides an openclipart data set, as recorded in its folder (temde.outputs)."""
+    return {"source": "openclipart", "limit": limit, "dev": n_dev, "test": n_test, "seed": seed,
+            "max_title_repeats": max_title_repeats, "root": None if root is None else str(Path(root).resolve()),
+            "image_size": image_size}
+
+
 def prepare_openclipart(out_dir: str | os.PathLike, cache_root: str | os.PathLike, *, extractor,
                         limit: int | None = None, n_dev: int = DEFAULT_DEV, n_test: int = DEFAULT_TEST,
                         seed: int = 0, max_title_repeats: int = MAX_TITLE_REPEATS,
-                        root: str | os.PathLike | None = None, log=print) -> dict:
+                        root: str | os.PathLike | None = None, force: bool = False, log=print) -> dict:
     """Find or download openclipart, caption it, and build the data set through `build_dataset`.
 
     root: an openclipart folder (svg/ + png/) to use instead of the system install or the download.
+    out_dir is claimed first (temde.data.sources.folder.claim_dataset_folder; `force` replaces a data set
+    prepared there with other settings), before anything is downloaded.
     """
-    from temde.data.sources.folder import build_dataset
+    from temde.data.sources.folder import build_dataset, claim_dataset_folder
+
+    claim_dataset_folder(out_dir, prepare_settings(limit, n_dev, n_test, seed, max_title_repeats, root,
+                                                   extractor.image_size), force, log)
 
     if root is None:
         root, facts = ensure_openclipart(cache_root, log)

@@ -68,6 +68,7 @@ class LeakageGroups:
     labels: np.ndarray          # [n] group id of each image = smallest image index in its group
     text_unions: int            # merges caused by identical normalised texts
     feature_unions: int         # merges caused by near-duplicate features (after the text merges)
+    key_unions: int = 0         # merges caused by equal keys (e.g. one concept drawn by several vendors), first
 
     @property
     def n_groups(self) -> int:
@@ -85,18 +86,26 @@ class LeakageGroups:
 
 
 def leakage_groups(texts: Sequence[Sequence[str]], pooled: np.ndarray,
-                   threshold: float = NEAR_DUPLICATE_COSINE) -> LeakageGroups:
+                   threshold: float = NEAR_DUPLICATE_COSINE, keys: Sequence | None = None) -> LeakageGroups:
     """Group images i and j when texts[i] and texts[j] share a normalised text, or pooled[i]·pooled[j] >= threshold.
 
     texts: per image, its captions (and any other text that identifies it, e.g. a title).
     pooled: [n, D] L2-normalised image vectors (see `pooled_features`). Memory stays O(block x n).
+    keys: optional, per image, a hashable key compared exactly (not normalised): images with equal keys are
+    joined first (a concept drawn by several vendors); None joins nothing.
     """
     n = len(texts)
     pooled = np.asarray(pooled, dtype=np.float32)
     if pooled.ndim != 2 or len(pooled) != n:
         raise ValueError(f"pooled must be [n_images={n}, D], got shape {pooled.shape}")
+    if keys is not None and len(keys) != n:
+        raise ValueError(f"keys must have one entry per image ({n}), got {len(keys)}")
     sets = _UnionFind(n)
-    text_unions = feature_unions = 0
+    text_unions = feature_unions = key_unions = 0
+    first_with_key: dict = {}
+    for image, key in enumerate(keys if keys is not None else ()):
+        if key is not None:
+            key_unions += sets.union(first_with_key.setdefault(key, image), image)
     first_with: dict[str, int] = {}
     for image, image_texts in enumerate(texts):
         for text in image_texts:
@@ -118,7 +127,7 @@ def leakage_groups(texts: Sequence[Sequence[str]], pooled: np.ndarray,
         pairs = np.unique(np.stack([labels[rows[keep]], labels[cols[keep]]], axis=1), axis=0)
         for a, b in pairs[pairs[:, 0] != pairs[:, 1]]:
             feature_unions += sets.union(int(a), int(b))
-    return LeakageGroups(sets.roots(), text_unions, feature_unions)
+    return LeakageGroups(sets.roots(), text_unions, feature_unions, key_unions)
 
 
 @dataclass

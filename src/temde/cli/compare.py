@@ -1,0 +1,66 @@
+"""`temde compare`: train hosts x poolings x seeds on one data set; every comparison with a 95% interval."""
+from __future__ import annotations
+
+import argparse
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return names
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(value) for value in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "compare", help="poolings x hosts x seeds on one data set, with paired bootstrap intervals",
+        description=__doc__.splitlines()[0],
+        epilog="Each test split (every split named test*) is reported alone. --out is this command's own folder: "
+               "rerun with the same settings and finished runs are reused; other settings need --force.")
+    p.add_argument("--data", required=True, help="a prepared precomp folder (train, dev, test* splits)")
+    p.add_argument("--out", default="runs/compare", help="output folder; default %(default)s")
+    p.add_argument("--hosts", type=_names, default=["vse-small"],
+                   help="comma-separated model presets (`temde models`); default vse-small")
+    p.add_argument("--poolings", type=_names, default=["temde", "gpo", "attention", "mean", "max"],
+                   help="comma-separated poolings; default temde,gpo,attention,mean,max (the linear dual "
+                        "encoder is always added)")
+    p.add_argument("--reference", default="temde",
+                   help="the pooling every other model is compared with; default %(default)s")
+    p.add_argument("--seeds", type=_seeds, default=[0, 1, 2, 3, 4], help="comma-separated seeds; default 0,1,2,3,4")
+    p.add_argument("--test-splits", type=_names, default=None,
+                   help="comma-separated test splits (default: every split whose name starts with test)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: each preset's)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples; default %(default)s")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available, else cpu)")
+    p.add_argument("--force", action="store_true", help="start over in --out (every run retrained)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from temde.errors import TemdeError
+    from temde.experiments.compare import CompareSettings, run_compare
+
+    if args.epochs is not None and args.epochs < 1:
+        raise TemdeError(f"--epochs: expected a positive integer, got {args.epochs}")
+    if args.resamples < 100:
+        raise TemdeError(f"--resamples: expected at least 100, got {args.resamples}")
+    settings = CompareSettings(
+        data=args.data, out=args.out, hosts=args.hosts, poolings=args.poolings, reference=args.reference,
+        seeds=args.seeds, test_splits=args.test_splits, epochs=args.epochs, resamples=args.resamples,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), progress=not args.quiet,
+        force=args.force)
+    try:
+        run_compare(settings)
+    except ValueError as exc:
+        raise TemdeError(str(exc)) from None
+    return 0

@@ -1,0 +1,107 @@
+"""`temde compare` end to end on a tiny data set with two test splits: runs, per-split ranks, intervals, report,
+reuse of finished runs, and the refusal of a folder made with other settings."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from temde.cli import main as cli_main
+from temde.data import load_split, write_split
+from temde.evaluation import evaluate
+
+WORDS = ["red", "green", "blue", "cat", "dog", "tree", "car", "boat", "sun", "moon"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Images show 2 of 10 objects; 1-3 captions per image name them (a caption->image index)."""
+    root = tmp_path_factory.mktemp("compare-data")
+    rng = np.random.default_rng(0)
+    prototypes = rng.standard_normal((len(WORDS), 12)).astype(np.float32)
+    for split, n in (("train", 60), ("dev", 12), ("test_a", 12), ("test_b", 10)):
+        images = 0.3 * rng.standard_normal((n, 4, 12)).astype(np.float32)
+        captions, owner = [], []
+        for i in range(n):
+            objects = rng.choice(len(WORDS), 2, replace=False)
+            images[i, :2] += prototypes[objects]
+            for _ in range(rng.integers(1, 4)):
+                captions.append(" ".join(WORDS[w] for w in rng.permutation(objects)))
+                owner.append(i)
+        write_split(root, split, images, captions, caption_images=np.array(owner))
+    return root
+
+
+def test_compare_runs_scores_every_test_split_and_reports_intervals(data, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--data", str(data), "--out", str(out), "--hosts", "vse-small", "--poolings", "temde,mean",
+            "--seeds", "0,1", "--epochs", "2", "--resamples", "200", "--device", "cpu", "--quiet"]
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["splits"]) == {"test_a", "test_b"}
+    for split in ("test_a", "test_b"):
+        result = results["splits"][split]
+        assert set(result["models"]) == {"vse-small + temde", "vse-small + mean", "linear"}
+        # Each run's saved ranks give the metrics a fresh evaluation of its checkpoint gives.
+        test = load_split(data, split)
+        for seed in (0, 1):
+            ranks = np.load(out / "runs" / f"vse-small-temde-seed{seed}" / f"ranks_{split}.npz")
+            assert len(ranks["i2t"]) == test.n_images and len(ranks["t2i"]) == test.n_captions
+        rsums = result["models"]["vse-small + mean"]["metrics"]["rsum"]["values"]
+        assert len(rsums) == 2
+        against = {c["against"]: c for c in result["comparisons"]}
+        assert set(against) == {"vse-small + mean", "linear"}
+        gap = against["linear"]
+        expected = (result["models"]["vse-small + temde"]["metrics"]["rsum"]["mean"]
+                    - result["models"]["linear"]["metrics"]["rsum"]["mean"])
+        assert gap["estimate"] == pytest.approx(expected)
+        assert gap["low"] <= gap["estimate"] <= gap["high"]
+        assert gap["verdict"] == ("ahead" if gap["low"] > 0 else "behind" if gap["high"] < 0 else "level")
+        assert f"### {split}" in printed
+    report = (out / "report.md").read_text()
+    assert "95% paired interval" in report and (out / "compare.png").stat().st_size > 0
+
+    # Same request: nothing retrained, same numbers. Other settings: refused, naming --force.
+    assert cli_main(args) == 0
+    assert json.loads((out / "results.json").read_text())["splits"] == results["splits"]
+    assert cli_main([a if a != "2" else "3" for a in args]) == 2  # --epochs 3
+    assert "--force" in capsys.readouterr().err
+
+
+def test_metrics_of_saved_ranks_equal_evaluate(data, tmp_path):
+    """The per-run ranks are those of the run's score matrix: checked for one run against evaluate()."""
+    from temde.scoring import encode_split, score_matrix
+    from temde.training import load_checkpoint, restore_model, restore_vocab
+    from temde.experiments.compare import CompareSettings, run_compare
+
+    out = tmp_path / "one"
+    run_compare(CompareSettings(data=str(data), out=str(out), hosts=["vse-small"], poolings=["temde"], seeds=[0],
+                                epochs=1, resamples=100, progress=False), log=lambda *_: None)
+    run = out / "runs" / "vse-small-temde-seed0"
+    checkpoint = load_checkpoint(run / "best.pt")
+    model = restore_model(checkpoint)
+    test = load_split(data, "test_b")
+    sims = score_matrix(model, *encode_split(model, test, restore_vocab(checkpoint)))
+    results = json.loads((out / "results.json").read_text())
+    metrics = results["splits"]["test_b"]["models"]["vse-small + temde"]["metrics"]
+    for key, value in evaluate(sims, test.layout).items():
+        assert metrics[key]["mean"] == pytest.approx(value)
+
+
+def test_bad_requests_are_one_line(data, tmp_path, capsys):
+    assert cli_main(["compare", "--data", str(data), "--out", str(tmp_path / "x"), "--test-splits", "test_z"]) == 2
+    assert "no test split ['test_z']" in capsys.readouterr().err
+    assert cli_main(["compare", "--data", str(data), "--out", str(tmp_path / "y"), "--poolings", "mean",
+                     "--reference", "temde"]) == 2
+    assert "reference pooling 'temde'" in capsys.readouterr().err
