@@ -232,7 +232,8 @@ def test_cli_train_then_eval_and_ensemble(data_dir, tmp_path, capsys):
 
 def test_cli_eval_global_score_reweights_a_trained_checkpoint(data_dir, tmp_path, capsys):
     assert cli_main(["train", "--data", str(data_dir), "--out", str(tmp_path / "a"), "--model", "saf-small",
-                     "--pooling", "mean", "--set", "global_score=0", "--epochs", "1", "--batch-size", "32",
+                     "--pooling", "mean", "--set", "global_score=0", "--global-loss", "0", "--epochs", "1",
+                     "--batch-size", "32",
                      "--embed-size", "32", "--set", "sim_dim=16", "--set", "word_dim=16", "--train-subset", "32",
                      "--dev-subset", "20", "--quiet"]) == 0
     out = tmp_path / "metrics.json"
@@ -328,3 +329,22 @@ def test_csv_logger_header_once_and_resume_truncation(tmp_path, monkeypatch):
         board = TensorBoardLogger(tmp_path / "tb")
     board.log(1, {"rsum": 1.0}, "dev")
     board.close()
+
+
+def test_one_recipe_the_preset_gives_temde_its_demo_options_and_global_loss():
+    """`temde train --model saf-small --pooling temde` trains what `temde demo` reports (residual sketch, global
+    loss 1.0), and the demo resolves its settings from the same preset."""
+    from temde.demo import DemoSettings
+    from temde.training.loop import resolve_model
+
+    def resolve(**settings):
+        return resolve_model(TrainSettings(data="d", out="o", **settings), 12, 30)
+
+    config, hyper = resolve(model="saf-small", pooling="temde")
+    assert config.pool_options == {"residual": True} and hyper["global_loss"] == 1.0
+    config, hyper = resolve(model="saf-small", pooling="temde", pool_options={"n_bits": 4}, global_loss=0.0)
+    assert config.pool_options == {"n_bits": 4} and hyper["global_loss"] == 0.0
+    config, hyper = resolve(model="saf-f30k", pooling="temde")
+    assert config.pool_options == {} and hyper["global_loss"] == 0.0  # SGRAF's published recipe has neither
+    demo = DemoSettings().resolved()
+    assert demo.pool_options == {"temde": {"residual": True}} and demo.global_loss == 1.0

@@ -20,9 +20,17 @@ import torch
 
 from temde.errors import TemdeError
 
-# The demo's T-EMDE configuration: the sketch added to the token mean (`residual`), the best T-EMDE variant of
-# the 3-seed ablation on the default data (docs/ablations.md).
-DEMO_TEMDE_OPTIONS: dict[str, Any] = {"residual": True}
+
+def preset_recipe(model: str) -> tuple[dict[str, dict[str, Any]], float]:
+    """(pool options per pooling, global-loss weight) of a model preset: the one recipe that `temde train
+    --model M --pooling P` trains too (saf-small: T-EMDE as a residual sketch, global loss 1.0; the best of the
+    3-seed ablations on the default data, docs/ablations.md)."""
+    from temde.models.registry import list_models, load_preset
+
+    if model not in list_models():
+        return {}, 0.0
+    preset = load_preset(model)
+    return dict(preset.get("pool_defaults", {})), float(preset["train"].get("global_loss", 0.0))
 
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 
@@ -35,15 +43,16 @@ class DemoSettings:
     cache: str | None = None  # default $TEMDE_CACHE or ~/.cache/temde
     model: str = "saf-small"
     poolings: list[str] = field(default_factory=lambda: ["attention", "temde"])
-    # Options per pooling kind (make_pool keyword arguments), chosen by `temde ablate` (docs/ablations.md).
-    pool_options: dict[str, dict[str, Any]] = field(default_factory=lambda: {"temde": dict(DEMO_TEMDE_OPTIONS)})
+    # Options per pooling kind (make_pool keyword arguments); None: the preset's recipe (`pool_defaults`).
+    pool_options: dict[str, dict[str, Any]] | None = None
     seeds: list[int] | None = None  # default: [0] with --quick, [0, 1, 2] otherwise
     epochs: int | None = None  # default: the model preset's (`temde models` lists them)
     limit: int | None = None  # openclipart subset; default: 1200 images with --quick, all otherwise
     word_vectors: str | None = None  # 300-d words from scratch beat GloVe 6B-50d (docs/ablations.md)
     # The auxiliary VSE++ loss on the inner products of the global vectors (what the two-stage index ranks by);
-    # on this data it also lifted T-EMDE's test rsum from 79.8 to 87.0 (seed 0, docs/ablations.md).
-    global_loss: float = 1.0
+    # on this data it also lifted T-EMDE's test rsum from 79.8 to 87.0 (seed 0, docs/ablations.md). None: the
+    # preset's (saf-small: 1.0).
+    global_loss: float | None = None
     # Best epoch chosen on the whole dev split: selecting on 250 images picked epochs whose test rsum was up to
     # 10 below the last epoch's (docs/ablations.md, round 3).
     dev_subset: int | None = None
@@ -57,6 +66,11 @@ class DemoSettings:
             values["seeds"] = [0] if self.quick else [0, 1, 2]
         if values["limit"] is None and self.quick and self.data is None:
             values["limit"] = 1200
+        recipe, global_loss = preset_recipe(self.model)
+        if values["pool_options"] is None:
+            values["pool_options"] = {p: recipe[p] for p in self.poolings if p in recipe}
+        if values["global_loss"] is None:
+            values["global_loss"] = global_loss
         return DemoSettings(**values)
 
     def recorded(self) -> dict[str, Any]:

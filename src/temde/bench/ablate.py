@@ -51,7 +51,7 @@ class AblationSettings:
     epochs: int | None = None  # default: the preset's
     word_vectors: str | None = None  # 300-d words from scratch beat GloVe 6B-50d (docs/ablations.md)
     dev_subset: int | None = None  # model selection on the whole dev split, as `temde demo`
-    global_loss: float = 1.0  # as `temde demo` trains, so the ablation chooses the demo's defaults
+    global_loss: float | None = None  # None: the preset's, as `temde demo` trains (saf-small: 1.0)
     device: str = "cpu"
     progress: bool = False
     force: bool = False  # start over in `out` (every run retrained) instead of reusing runs that match
@@ -60,7 +60,14 @@ class AblationSettings:
         """What decides the ablation's results, recorded in its output folder (temde.outputs)."""
         return {"data": str(Path(self.data).resolve()), "variants": self.variants, "seeds": self.seeds,
                 "model": self.model, "epochs": self.epochs, "word_vectors": self.word_vectors,
-                "dev_subset": self.dev_subset, "global_loss": self.global_loss}
+                "dev_subset": self.dev_subset, "global_loss": self.resolved_global_loss()}
+
+    def resolved_global_loss(self) -> float:
+        if self.global_loss is not None:
+            return self.global_loss
+        from temde.models.registry import list_models, load_preset
+
+        return float(load_preset(self.model)["train"].get("global_loss", 0.0)) if self.model in list_models() else 0.0
 
 
 def older_ablation(folder: Path) -> dict | None:
@@ -103,7 +110,7 @@ def run_variant(name: str, seed: int, s: AblationSettings, fresh: bool = False) 
         data=s.data, out=str(run_dir), model=s.model, pooling=pooling, pool_options=pool_options_for(name, embed),
         model_overrides=dict(model_overrides), epochs=s.epochs, seed=seed, device=s.device,
         resume=(run_dir / "last.pt").is_file() and not fresh, force=fresh, progress=s.progress, word_vectors=s.word_vectors,
-        dev_subset=s.dev_subset, global_loss=s.global_loss, validate_data=False, **train_overrides)
+        dev_subset=s.dev_subset, global_loss=s.resolved_global_loss(), validate_data=False, **train_overrides)
     result = train(settings)
     metrics, _, _ = evaluate_checkpoint(run_dir / "best.pt", Path(s.data), "test", s.device)
     return {"variant": name, "seed": seed, "test_rsum": metrics["rsum"], "best_dev_rsum": result["best_rsum"],

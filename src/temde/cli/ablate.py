@@ -20,8 +20,9 @@ def register(sub) -> None:
                         "default %(default)s")
     p.add_argument("--dev-subset", type=int, default=None,
                    help="select the best epoch on the first N dev images (default: all, as `temde demo`)")
-    p.add_argument("--global-loss", type=float, default=1.0, metavar="W",
-                   help="weight of the global-vector matching loss (0 = off); default %(default)s, as `temde demo`")
+    p.add_argument("--global-loss", type=float, default=None, metavar="W",
+                   help="weight of the global-vector matching loss (0 = off); default: the preset's (saf-small: "
+                        "1.0), as `temde demo`")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
     p.add_argument("--merge", nargs="+", metavar="DIR",
                    help="combine the ablation.csv of these folders into --out instead of training (default: train)")

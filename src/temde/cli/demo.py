@@ -35,9 +35,9 @@ def register(sub) -> None:
                         "default %(default)s")
     p.add_argument("--temde-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="override one option of the demo's T-EMDE pool, e.g. residual=false or n_bits=4 "
-                        "(repeatable; default: residual=true)")
-    p.add_argument("--global-loss", type=float, default=1.0,
-                   help="weight of the global-vector matching loss; default %(default)s")
+                        "(repeatable; default: the preset's recipe, saf-small: residual=true)")
+    p.add_argument("--global-loss", type=float, default=None,
+                   help="weight of the global-vector matching loss; default: the preset's (saf-small: 1.0)")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
@@ -46,14 +46,16 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from temde.demo import DEMO_TEMDE_OPTIONS, DemoSettings, run_demo
+    from temde.demo import DemoSettings, preset_recipe, run_demo
     from temde.training.loop import TrainingInterrupted
 
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else None
     settings = DemoSettings(
         out=args.out, quick=args.quick, data=args.data, cache=args.cache, model=args.model,
         poolings=[p for p in args.poolings.split(",") if p], seeds=seeds, epochs=args.epochs, limit=args.limit,
-        pool_options={"temde": {**DEMO_TEMDE_OPTIONS, **dict(args.temde_option)}},
+        pool_options=({**preset_recipe(args.model)[0], "temde": {**preset_recipe(args.model)[0].get("temde", {}),
+                                                                  **dict(args.temde_option)}}
+                      if args.temde_option else None),
         word_vectors=None if args.word_vectors == "none" else args.word_vectors, global_loss=args.global_loss,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), progress=not args.quiet,
         force=args.force)

@@ -62,9 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="a second caption of the same image in a batch is not a negative (the small presets)")
     same.add_argument("--no-mask-same-image", dest="mask_same_image", action="store_const", const=False,
                       help="every other caption in the batch is a negative, as SGRAF's loss (f30k/coco presets)")
-    p.add_argument("--global-loss", type=float, default=0.0, metavar="W",
+    p.add_argument("--global-loss", type=float, default=None, metavar="W",
                    help="add W x the VSE++ loss on inner products of the global vectors (what the two-stage "
-                        "index ranks by); default %(default)s = off (`temde demo` uses 1.0)")
+                        "index ranks by); default: the preset's (saf-small: 1.0, others: 0 = off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order; default %(default)s")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu); under torchrun "
                                     "each process takes cuda:LOCAL_RANK")

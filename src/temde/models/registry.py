@@ -1,5 +1,9 @@
 """Named model presets as data: one JSON file per preset in presets/, holding
-`{"description": str, "model": {ModelConfig fields}, "train": {epochs, lr_update, learning_rate, ...}}`."""
+`{"description": str, "model": {ModelConfig fields}, "train": {epochs, lr_update, learning_rate, ...},
+"pool_defaults": {pooling: options}}`. `pool_defaults` (optional) is the preset's recipe for the other poolings:
+`temde train --model saf-small --pooling temde` trains T-EMDE as the demo found best on that model.
+
+A preset's pooling and its recipes are validated for every pooling they name."""
 from __future__ import annotations
 
 import json
@@ -10,7 +14,7 @@ from temde.models.config import ConfigError, ModelConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
 TRAIN_KEYS = ("epochs", "lr_update", "learning_rate", "batch_size", "grad_clip", "margin", "max_violation",
-              "lr_decay", "warmup_epochs", "mask_same_image")
+              "lr_decay", "warmup_epochs", "mask_same_image", "global_loss")
 
 
 def list_models() -> list[str]:
@@ -27,8 +31,10 @@ def load_preset(name: str) -> dict[str, Any]:
         preset = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: invalid JSON: {exc}") from None
-    if set(preset) != {"description", "model", "train"}:
-        raise ConfigError(f"{path}: expected keys description, model, train; got {sorted(preset)}")
+    if not {"description", "model", "train"} <= set(preset) <= {"description", "model", "train", "pool_defaults"}:
+        raise ConfigError(f"{path}: expected keys description, model, train (and pool_defaults); got {sorted(preset)}")
+    for pooling, options in preset.get("pool_defaults", {}).items():  # each recipe must build a valid config
+        ModelConfig.from_dict({**preset["model"], "pooling": pooling, "pool_options": options})
     unknown = set(preset["train"]) - set(TRAIN_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown train key {sorted(unknown)[0]!r}")

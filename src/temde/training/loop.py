@@ -38,6 +38,7 @@ DEFAULT_TRAIN = {
     "epochs": 30, "lr_update": 20, "learning_rate": 2e-4, "batch_size": 128, "grad_clip": 2.0,
     "margin": 0.2, "max_violation": True, "lr_decay": 0.1, "warmup_epochs": 0,
     "mask_same_image": False,  # SGRAF's loss pushes a second caption of the same image away like any negative
+    "global_loss": 0.0,  # SGRAF has no loss on the global vectors
 }
 # Plain head names without a preset: SGRAF's Flickr30K schedules (SAF 30 epochs / decay at 20, SGR 40 / 30).
 HEAD_SCHEDULES = {"saf": {"epochs": 30, "lr_update": 20}, "sgr": {"epochs": 40, "lr_update": 30}}
@@ -72,7 +73,8 @@ class TrainSettings:
     # True: two captions of one image in a batch are not negatives of each other (the small presets); False:
     # every off-diagonal pair is a negative, as SGRAF's loss (the f30k/coco presets). None: the preset's value.
     mask_same_image: bool | None = None
-    global_loss: float = 0.0  # weight of the auxiliary VSE++ loss on global-vector inner products (0 = off)
+    # Weight of the auxiliary VSE++ loss on global-vector inner products (0 = off; None = the preset's: saf-small 1).
+    global_loss: float | None = None
     seed: int = 0
     workers: int = 0
     device: str = "cpu"
@@ -108,7 +110,7 @@ class TrainSettings:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name}: expected a positive number, got {value!r}")
-        if not self.global_loss >= 0:
+        if self.global_loss is not None and not self.global_loss >= 0:
             raise ValueError(f"global_loss: expected a weight >= 0, got {self.global_loss!r}")
         if self.margin is not None and not self.margin >= 0:
             raise ValueError(f"margin: expected a number >= 0, got {self.margin!r}")
@@ -152,7 +154,12 @@ def resolve_model(settings: TrainSettings, img_dim: int, vocab_size: int, init_c
         if getattr(settings, name) is not None:
             overrides[name] = getattr(settings, name)
     if "pooling" in overrides and "pool_options" not in overrides:
-        overrides["pool_options"] = {}  # a preset's pool options belong to its own pooling
+        # A preset's pool options belong to its own pooling; another pooling gets the preset's recipe for it
+        # (`pool_defaults`: what the demo and the ablations found best there), else its defaults.
+        preset = load_preset(settings.model) if settings.model in list_models() else None
+        if preset is None or overrides["pooling"] != preset["model"]["pooling"]:
+            recipe = preset.get("pool_defaults", {}) if preset else {}
+            overrides["pool_options"] = dict(recipe.get(overrides["pooling"], {}))
     overrides.update(img_dim=img_dim, vocab_size=vocab_size)
     if settings.word_vectors == "glove":
         from temde.data.word_vectors import GLOVE_DIM
@@ -186,7 +193,8 @@ def explicit_hyper(settings: TrainSettings) -> dict[str, Any]:
     explicit = {"epochs": settings.epochs, "learning_rate": settings.lr, "lr_update": settings.lr_update,
                 "lr_decay": settings.lr_decay, "batch_size": settings.batch_size, "margin": settings.margin,
                 "max_violation": settings.max_violation, "grad_clip": settings.grad_clip,
-                "warmup_epochs": settings.warmup_epochs, "mask_same_image": settings.mask_same_image}
+                "warmup_epochs": settings.warmup_epochs, "mask_same_image": settings.mask_same_image,
+                "global_loss": settings.global_loss}
     return {key: value for key, value in explicit.items() if value is not None}
 
 
@@ -383,7 +391,7 @@ RUN_FILES = ("last.pt", "best.pt", "config.json", "epochs.csv", "steps.csv")
 # Settings a resumed run keeps from the run itself. Left out (None) they are the run's; given, they must equal it.
 RESUMED_IF_GIVEN = ("init", "word_vectors", "train_subset", "dev_subset", "max_steps_per_epoch", "temperature_anneal")
 # Settings that always have a value (the CLI's defaults): a resume must give the run's.
-RESUMED_ALWAYS = ("model", "seed", "global_loss", "dev_split")
+RESUMED_ALWAYS = ("model", "seed", "dev_split")
 _FLAG_NAMES = {"learning_rate": "--lr", "max_violation": "--hardest-negatives/--all-negatives", "lr_decay": "lr_decay"}
 
 
@@ -460,6 +468,8 @@ def resumed_hyper(settings: TrainSettings, checkpoint: dict, config: dict, confl
     difference, here or in `conflicts`, refuses the resume in one line naming every setting involved."""
     extra = checkpoint["extra"]
     run_hyper, done = dict(extra["hyper"]), extra["epoch"]
+    # Runs from before the global loss was a preset setting kept its weight among their settings.
+    run_hyper.setdefault("global_loss", extra.get("settings", {}).get("global_loss") or 0.0)
     for key, value in explicit_hyper(settings).items():
         if key != "epochs" and run_hyper.get(key) != value:
             conflicts.append(f"{_flag(key)} {value} (the run: {run_hyper.get(key)})")
@@ -584,7 +594,7 @@ def _train(settings: TrainSettings, info: DistInfo, device: torch.device) -> dic
     if info.is_main:
         _write_run_config(run_dir, settings, config, hyper)
 
-    matching = MatchingObjective(model, hyper["margin"], hyper["max_violation"], settings.global_loss, info)
+    matching = MatchingObjective(model, hyper["margin"], hyper["max_violation"], hyper["global_loss"], info)
     objective: nn.Module = matching
     if info.enabled:
         objective = nn.parallel.DistributedDataParallel(
