@@ -13,12 +13,7 @@ from temde.pooling import list_pools
 MB = 2 ** 20
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_peak_memory_counts_live_new_storages_only():

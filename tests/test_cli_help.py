@@ -69,3 +69,13 @@ def test_top_level_help_opens_with_a_sentence_for_users(capsys):
     description = text.split("\n\n")[1].replace("\n", " ")
     assert description.startswith("Image-caption retrieval") and description.rstrip().endswith(".")
     assert "argument parsing" not in text  # the developers' note of the package is not the users' help
+
+
+def test_pooling_help_names_every_registered_pooling():
+    from temde.pooling import POOLS
+
+    parsers = {tuple(path): parser for path, parser in _commands(build_parser())}
+    train = parsers[("temde", "train")]
+    (pooling,) = [a for a in train._actions if "--pooling" in a.option_strings]
+    for name in POOLS:
+        assert name in pooling.help, f"--pooling help does not name {name!r}: {pooling.help!r}"

@@ -15,12 +15,7 @@ from temde.evaluation import evaluate
 WORDS = ["red", "green", "blue", "cat", "dog", "tree", "car", "boat", "sun", "moon"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +100,57 @@ def test_bad_requests_are_one_line(data, tmp_path, capsys):
     assert cli_main(["compare", "--data", str(data), "--out", str(tmp_path / "y"), "--poolings", "mean",
                      "--reference", "temde"]) == 2
     assert "reference pooling 'temde'" in capsys.readouterr().err
+
+
+def test_parallel_jobs_give_the_runs_one_job_gives(data, tmp_path, monkeypatch):
+    """--jobs 2 trains the same runs (1 torch thread each, as here) in worker processes: identical ranks."""
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # workers get 2 // 2 = 1 thread, like this process
+    common = ["--data", str(data), "--hosts", "vse-small", "--poolings", "temde,max", "--seeds", "0,1",
+              "--epochs", "1", "--batch-size", "16", "--max-steps-per-epoch", "3", "--resamples", "100",
+              "--device", "cpu", "--quiet"]
+    assert cli_main(["compare", "--out", str(tmp_path / "one"), *common]) == 0
+    assert cli_main(["compare", "--out", str(tmp_path / "two"), "--jobs", "2", *common]) == 0
+    for pooling in ("temde", "max"):
+        for seed in (0, 1):
+            run = f"vse-small-{pooling}-seed{seed}"
+            # The loss and every dev metric per epoch (the last two columns are wall-clock seconds).
+            rows = [[line.split(",")[:-2] for line in (tmp_path / folder / "runs" / run / "epochs.csv")
+                     .read_text().splitlines()] for folder in ("one", "two")]
+            assert rows[0] == rows[1] and len(rows[0]) == 2
+            for split in ("test_a", "test_b"):
+                one = np.load(tmp_path / "one" / "runs" / run / f"ranks_{split}.npz")
+                two = np.load(tmp_path / "two" / "runs" / run / f"ranks_{split}.npz")
+                assert np.array_equal(one["i2t"], two["i2t"]) and np.array_equal(one["t2i"], two["t2i"])
+    first = json.loads((tmp_path / "one" / "results.json").read_text())["splits"]["test_a"]["comparisons"]
+    second = json.loads((tmp_path / "two" / "results.json").read_text())["splits"]["test_a"]["comparisons"]
+    assert [c["estimate"] for c in first] == [c["estimate"] for c in second]
+
+
+def test_compare_refuses_a_non_positive_budget(data, tmp_path, capsys):
+    assert cli_main(["compare", "--data", str(data), "--out", str(tmp_path / "x"), "--jobs", "0"]) == 2
+    assert "--jobs: expected a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_ablation_intervals_compare_each_variant_with_the_reference(tmp_path):
+    """`temde ablate` reads the saved test ranks of every run: a variant that ranks every query first is ahead of
+    one that never reaches the top 10 by exactly 600 rsum, whatever the resample."""
+    from temde.bench.ablate import format_intervals, variant_intervals
+    from temde.experiments.compare import _save_ranks
+    from temde.bootstrap import Ranks
+
+    data = tmp_path / "data"
+    owner = np.array([0, 0, 1, 2, 2, 2, 3, 4])  # 5 images, 1-3 captions each
+    write_split(data, "test", np.zeros((5, 2, 3), np.float32), [f"c{i}" for i in range(8)], caption_images=owner)
+    perfect, lost = Ranks(np.zeros(5, int), np.zeros(8, int)), Ranks(np.full(5, 20), np.full(8, 20))
+    for name, ranks in (("temde", perfect), ("mean", lost)):
+        for seed in (0, 1):
+            (tmp_path / "out" / "runs" / f"{name}-seed{seed}").mkdir(parents=True)
+            _save_ranks(tmp_path / "out" / "runs" / f"{name}-seed{seed}" / "ranks_test.npz", ranks)
+    result = variant_intervals(tmp_path / "out", ["temde", "mean"], [0, 1], str(data), "test", "temde", 200)
+    assert result["variants"]["temde"]["rsum_interval"]["estimate"] == 600.0
+    difference = result["variants"]["mean"]["against_reference"]
+    assert (difference["estimate"], difference["low"], difference["high"]) == (600.0, 600.0, 600.0)
+    assert difference["verdict"] == "ahead" and "against_reference" not in result["variants"]["temde"]
+    assert "| mean | 0.0 [0.0, 0.0] | +600.0 | [+600.0, +600.0] | ahead |" in format_intervals(result)

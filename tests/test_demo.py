@@ -1,14 +1,15 @@
 """The demo end to end on a tiny real pipeline: generated pictures -> `prepare folder` (real EfficientNet features,
-grouped split) -> both poolings trained -> results.json, report.md and figures."""
+grouped split) -> `temde compare` under the demo's record -> results.json, report.md, compare.png; and the demo's
+own data set: prepared once into the cache with the mode's sizes, reused while its record matches."""
 import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from temde.cli import main as cli_main
-from temde.demo import DemoSettings, run_demo
+from temde.data import load_split
+from temde.demo import FULL, QUICK, DemoSettings, demo_data_dir, run_demo
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "black": (10, 10, 10)}
 SHAPES = ("circle", "square", "triangle")
@@ -47,56 +48,79 @@ def tiny_data(tmp_path_factory):
     return out
 
 
-def test_demo_end_to_end_on_a_tiny_prepared_folder(tiny_data, tmp_path):
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_demo_end_to_end_on_a_tiny_prepared_folder(tiny_data, tmp_path, capsys):
     out = tmp_path / "demo"
-    settings = DemoSettings(out=str(out), data=str(tiny_data), seeds=[0], epochs=2, word_vectors="glove",
-                            device="cpu", progress=False, dev_subset=None)
-    results = run_demo(settings, log=lambda message: None)
-    saved = json.loads((out / "results.json").read_text())
-    assert saved["data"]["test_images"] == 8 and saved["data"]["captions_per_image"] == 1
-    for name in ("attention", "temde", "linear_dual_encoder"):
-        metrics = saved[name]
-        recalls = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
-        # rsum is the sum of the six recalls, each a multiple of 100/8 on 8 test images
-        assert metrics["rsum"]["mean"] == pytest.approx(sum(metrics[r]["mean"] for r in recalls))
-        assert all(float(v / 12.5).is_integer() for r in recalls for v in metrics[r]["values"])
-    # the saved test score matrix reproduces the reported metrics
-    from temde.evaluation import evaluate
-
-    sims = np.load(out / "runs" / "temde-seed0" / "test_sims.npy")
-    assert evaluate(sims, 1)["rsum"] == pytest.approx(saved["temde"]["rsum"]["mean"])
+    args = ["demo", "--data", str(tiny_data), "--out", str(out), "--poolings", "temde,mean", "--seeds", "0,1",
+            "--epochs", "2", "--jobs", "1", "--device", "cpu", "--quiet"]
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["demo"]["data"] == str(tiny_data) and results["settings"]["epochs"] == 2
+    assert results["settings"]["batch_size"] == FULL.batch_size and results["settings"]["lr_update"] == FULL.lr_update
+    split = results["splits"]["test"]
+    assert set(split["models"]) == {"vse-small + temde", "vse-small + mean", "linear"}
+    # each model's reported rsum is the mean over seeds of what its saved test ranks give
+    test = load_split(tiny_data, "test")
+    for pooling in ("temde", "mean"):
+        rsums = []
+        for seed in (0, 1):
+            ranks = np.load(out / "runs" / f"vse-small-{pooling}-seed{seed}" / "ranks_test.npz")
+            rsums.append(sum(100.0 * np.mean(ranks[d] < k) for d in ("i2t", "t2i") for k in (1, 5, 10)))
+        assert split["models"][f"vse-small + {pooling}"]["metrics"]["rsum"]["mean"] == pytest.approx(np.mean(rsums))
+    (comparison,) = [c for c in split["comparisons"] if c["against"] == "vse-small + mean"]
+    assert comparison["low"] <= comparison["estimate"] <= comparison["high"]
+    assert f"| vse-small + temde vs vse-small + mean | {comparison['estimate']:+.1f} |" in printed
     report = (out / "report.md").read_text()
-    assert "| SAF + temde |" in report and "| chance |" in report
-    # the report states the score the models were trained with (saf-small adds the global cosine)
-    assert saved["variants"]["temde"]["model"]["global_score"] == 1.0
-    assert "Score: SAF's score + 1 × cosine(image global, caption global)" in report
-    for figure in ("curves.png", "examples.png", "sketch.png"):
-        assert (out / figure).stat().st_size > 10_000
-        assert figure in results["figures"]
-    assert "One seed: nothing here separates" in report and "read differences under ~1.5x as noise" in report
+    assert "training: 2 epochs, 128 per batch, lr x0.1 every 4 epochs" in report
+    assert (out / "compare.png").stat().st_size > 10_000
+    assert test.n_images == split["images"]
 
-    # The same request again reuses the finished runs; another one is refused before anything runs.
-    import dataclasses
-
-    from temde.outputs import OutputFolderError
-
-    stamps = {run: (out / "runs" / run / "last.pt").stat().st_mtime_ns for run in ("attention-seed0", "temde-seed0")}
-    again = run_demo(settings, log=lambda message: None)
-    assert {run: (out / "runs" / run / "last.pt").stat().st_mtime_ns for run in stamps} == stamps
-    assert again["temde"]["rsum"] == results["temde"]["rsum"]
-    with pytest.raises(OutputFolderError, match=r"--epochs 3 \(recorded: 2\).*--force"):
-        run_demo(dataclasses.replace(settings, epochs=3), log=lambda message: None)
-    assert {run: (out / "runs" / run / "last.pt").stat().st_mtime_ns for run in stamps} == stamps
+    # The same request again reuses every run; `temde compare` may not write into the demo's folder.
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/last.pt")}
+    assert cli_main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    capsys.readouterr()
+    assert cli_main(["compare", "--data", str(tiny_data), "--out", str(out), "--quiet"]) == 2
+    assert "a `temde demo` output, not a `temde compare` output" in capsys.readouterr().err
 
 
-def test_report_calls_a_difference_within_noise_only_below_two_standard_errors():
-    from temde.demo import mean_std
-    from temde.demo_report import difference_note
+def test_demo_prepares_its_data_once_with_the_mode_sizes(tmp_path, monkeypatch):
+    """The demo's data: the quick or full subset of the sources, prepared into the cache; a folder whose record
+    and manifest match is reused without preparing again."""
+    import temde.data.sources.combined as combined
+    import temde.experiments.compare as compare
+    from temde.data.sources.combined import source_settings
+    from temde.features import IMAGE_SIZE
+    from temde.outputs import write_record
 
-    a, b = mean_std([150.0, 154.0, 146.0]), mean_std([140.0, 141.0, 142.0])  # std 4 and 1, three seeds each
-    se = (16 / 3 + 1 / 3) ** 0.5  # 2.38, worked out by hand
-    assert difference_note(a, b) == f"difference +9.0 ± {se:.1f}, beyond noise"  # 9.0 > 2 x 2.38
-    close = mean_std([146.0, 147.0, 148.0])  # mean 147, std 1: -3.0 against a, |-3.0| < 2 x 2.38
-    assert difference_note(close, a) == f"difference -3.0 ± {se:.1f}, within noise"
-    assert difference_note(mean_std([150.0]), b) == "difference +9.0; one seed, noise not estimated"
+    calls = []
+
+    def fake_prepare(out, cache, sources, *, extractor, n_dev, n_test, seed, limit, force, log):
+        calls.append({"out": out, "cache": cache, "sources": sources, "dev": n_dev, "test": n_test, "limit": limit})
+        out.mkdir(parents=True)
+        write_record(out, "prepare", source_settings(sources, n_dev, n_test, seed, limit, IMAGE_SIZE))
+        (out / "manifest.json").write_text("{}")
+
+    compared = []
+    monkeypatch.setattr(combined, "prepare_sources", fake_prepare)
+    monkeypatch.setattr(compare, "run_compare", lambda settings, log, **kw: compared.append(settings) or {})
+    for quick, size in ((True, QUICK), (False, FULL)):
+        settings = DemoSettings(out=str(tmp_path / "o"), quick=quick, cache=str(tmp_path / "cache"), progress=False)
+        run_demo(settings, log=lambda message: None)
+        run_demo(settings, log=lambda message: None)  # the second time: cached
+        folder = demo_data_dir(tmp_path / "cache", quick)
+        assert calls[-1] == {"out": folder, "cache": tmp_path / "cache", "sources": list(size.sources),
+                             "dev": size.dev, "test": size.test, "limit": size.limit}
+        assert [c.data for c in compared[-2:]] == [str(folder)] * 2
+        assert compared[-1].seeds == list(size.seeds) and compared[-1].epochs == size.epochs
+    assert len(calls) == 2  # one preparation per mode
+
+
+def test_demo_refuses_bad_options_in_one_line(tmp_path, capsys):
+    assert cli_main(["demo", "--out", str(tmp_path / "o"), "--poolings", "temde,nope", "--data", str(tmp_path)]) == 2
+    assert "unknown pooling(s) nope" in capsys.readouterr().err
+    assert cli_main(["demo", "--out", str(tmp_path / "o"), "--jobs", "0"]) == 2
+    assert "--jobs: expected a positive integer, got 0" in capsys.readouterr().err

@@ -37,12 +37,7 @@ def data_dir(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # No BatchNorm (SGR head, temde/mean pooling) and no dropout: the only differences left are float rounding.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -172,3 +173,30 @@ def test_unreadable_images_are_reported_by_name_after_the_readable_ones_are_cach
         extractor.extract([image_files[0], broken, image_files[2], missing])
     assert [index for index, _, _ in info.value.failures] == [1, 3]
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_stops_the_page_faults_of_reallocated_large_blocks():
+    """Freeing and reallocating a 64 MB buffer faults all its pages in again under glibc's defaults (16k faults per
+    round); with keep_freed_memory() the freed block is reused and the faults all but vanish."""
+    import subprocess
+
+    child = (
+        "import ctypes, ctypes.util, resource, sys\n"
+        "from temde.features import keep_freed_memory\n"
+        "libc = ctypes.CDLL(ctypes.util.find_library('c'))\n"
+        "libc.malloc.restype = ctypes.c_void_p\n"
+        "libc.free.argtypes = [ctypes.c_void_p]\n"
+        "libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]\n"
+        "if sys.argv[1] == 'tuned': assert keep_freed_memory()\n"
+        "def touch():\n"
+        "    block = libc.malloc(1 << 26); libc.memset(block, 1, 1 << 26); libc.free(block)\n"
+        "touch()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(10): touch()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+    faults = {mode: int(subprocess.run([sys.executable, "-c", child, mode], check=True, capture_output=True,
+                                       text=True).stdout) for mode in ("default", "tuned")}
+    pages = 10 * (1 << 26) // 4096  # ten 64 MB buffers of 4 KiB pages
+    assert faults["default"] > 0.5 * pages
+    assert faults["tuned"] < 0.05 * pages

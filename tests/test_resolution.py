@@ -14,12 +14,7 @@ from temde.data.precomp import load_split
 from temde.features import FeatureExtractor
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def pictures(folder, n: int, seed: int = 0) -> list:

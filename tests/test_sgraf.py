@@ -34,12 +34,7 @@ CAPTIONS = ["A man's dog runs on the street.", "The girl, with a red ball!", "A 
             "White-walled street, a man.", "Dogs run on the white-walled street", "A girl's red ball."]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- SGRAF-format checkpoints, written from the key names of SGRAF's model.py -----------------------------

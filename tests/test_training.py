@@ -44,13 +44,7 @@ def data_dir(tmp_path_factory):
     return make_precomp(tmp_path_factory.mktemp("precomp"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: threads only add contention on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = dict(model="saf-small", embed_size=32, model_overrides={"sim_dim": 16, "word_dim": 16}, batch_size=32,
@@ -331,10 +325,10 @@ def test_csv_logger_header_once_and_resume_truncation(tmp_path, monkeypatch):
     board.close()
 
 
-def test_one_recipe_the_preset_gives_temde_its_demo_options_and_global_loss():
-    """`temde train --model saf-small --pooling temde` trains what `temde demo` reports (residual sketch, global
-    loss 1.0), and the demo resolves its settings from the same preset."""
-    from temde.demo import DemoSettings
+def test_one_recipe_the_preset_gives_temde_its_options_and_global_loss():
+    """`temde train --model saf-small --pooling temde` trains the recipe the ablations chose (residual sketch,
+    global loss 1.0); `temde compare` and `temde demo` pass no pool options of their own, so they train it too."""
+    from temde.experiments.compare import CompareSettings
     from temde.training.loop import resolve_model
 
     def resolve(**settings):
@@ -346,5 +340,4 @@ def test_one_recipe_the_preset_gives_temde_its_demo_options_and_global_loss():
     assert config.pool_options == {"n_bits": 4} and hyper["global_loss"] == 0.0
     config, hyper = resolve(model="saf-f30k", pooling="temde")
     assert config.pool_options == {} and hyper["global_loss"] == 0.0  # SGRAF's published recipe has neither
-    demo = DemoSettings().resolved()
-    assert demo.pool_options == {"temde": {"residual": True}} and demo.global_loss == 1.0
+    assert CompareSettings(data="d").pool_options == {}

@@ -16,12 +16,7 @@ from temde.pooling import list_pools
 VOCAB = 30
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_vse(pooling: str = "temde", **overrides):

@@ -15,6 +15,7 @@ whose settings live in its checkpoint. `claim_file` is the same rule for a singl
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -43,6 +44,15 @@ class Claim:
     folder: Path
     state: str
     differences: list[str] = field(default_factory=list)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 4 MiB blocks (multi-GB indexes and tarballs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _json_ready(value: Any) -> Any:

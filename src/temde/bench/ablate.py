@@ -3,6 +3,8 @@
 Each variant changes one thing from the default T-EMDE pool (relaxation, sketch size, temperature, fixed
 hyperplanes, shared module, output projection); every variant trains under the same seeds and budget and is scored
 on the test split. The cost axis is the pool's own forward time at the host shape (measured in the same run).
+Every variant is compared with a reference variant (default "temde") by the 95% paired bootstrap interval of
+`temde compare` (temde.bootstrap): "ahead", "behind" or "level" is read from the interval.
 """
 from __future__ import annotations
 
@@ -55,12 +57,15 @@ class AblationSettings:
     device: str = "cpu"
     progress: bool = False
     force: bool = False  # start over in `out` (every run retrained) instead of reusing runs that match
+    test_split: str = "test"
+    reference: str = "temde"  # the variant every other one is compared with (when it is among the variants)
 
     def recorded(self) -> dict:
         """What decides the ablation's results, recorded in its output folder (temde.outputs)."""
         return {"data": str(Path(self.data).resolve()), "variants": self.variants, "seeds": self.seeds,
                 "model": self.model, "epochs": self.epochs, "word_vectors": self.word_vectors,
-                "dev_subset": self.dev_subset, "global_loss": self.resolved_global_loss()}
+                "dev_subset": self.dev_subset, "global_loss": self.resolved_global_loss(),
+                "test_split": self.test_split}
 
     def resolved_global_loss(self) -> float:
         if self.global_loss is not None:
@@ -97,7 +102,8 @@ def pool_forward_ms(name: str, embed_size: int, device: str, batch: int = 128, t
 
 
 def run_variant(name: str, seed: int, s: AblationSettings, fresh: bool = False) -> dict:
-    from temde.demo import evaluate_checkpoint
+    from temde.evaluation import metrics_from_ranks
+    from temde.experiments.compare import _score_run
     from temde.models import load_preset
     from temde.training.loop import TrainSettings, train
 
@@ -112,7 +118,8 @@ def run_variant(name: str, seed: int, s: AblationSettings, fresh: bool = False) 
         resume=(run_dir / "last.pt").is_file() and not fresh, force=fresh, progress=s.progress, word_vectors=s.word_vectors,
         dev_subset=s.dev_subset, global_loss=s.resolved_global_loss(), validate_data=False, **train_overrides)
     result = train(settings)
-    metrics, _, _ = evaluate_checkpoint(run_dir / "best.pt", Path(s.data), "test", s.device)
+    ranks = _score_run(run_dir, Path(s.data), [s.test_split], s.device)[s.test_split]  # cached beside best.pt
+    metrics = metrics_from_ranks(ranks.i2t, ranks.t2i)
     return {"variant": name, "seed": seed, "test_rsum": metrics["rsum"], "best_dev_rsum": result["best_rsum"],
             "train_seconds": result["train_seconds"], **{k: metrics[k] for k in ("i2t_r1", "t2i_r1")}}
 
@@ -139,7 +146,57 @@ def run_ablation(s: AblationSettings, log: Callable[[str], None] = print) -> lis
                 f"{time.perf_counter() - start:.0f} s)")
             write_csv(rows, out / "ablation.csv")  # after every run: a long ablation can be stopped and read
     plot_ablation(rows, out / "ablation.png")
+    write_intervals(out, s, log)
     return rows
+
+
+def variant_intervals(out: Path, variants: list[str], seeds: list[int], data: str, split: str, reference: str,
+                      resamples: int = 2000) -> dict:
+    """Per variant the 95% bootstrap interval of its seed-averaged test rsum, and against `reference` (when it
+    is a variant) the paired interval of the difference: the machinery of `temde compare`."""
+    from temde.bootstrap import rsum_difference, rsum_interval
+    from temde.data import load_split
+    from temde.experiments.compare import _load_ranks
+
+    layout = load_split(data, split, validate=False).layout
+    ranks = {name: [_load_ranks(out / "runs" / f"{name}-seed{seed}" / f"ranks_{split}.npz") for seed in seeds]
+             for name in variants}
+    result = {"split": split, "reference": reference if reference in variants else None, "variants": {}}
+    for name in variants:
+        entry = {"rsum_interval": rsum_interval(ranks[name], layout, resamples).to_dict()}
+        if name != reference and reference in variants:
+            entry["against_reference"] = rsum_difference(ranks[reference], ranks[name], layout, resamples).to_dict()
+        result["variants"][name] = entry
+    return result
+
+
+def write_intervals(out: Path, s: AblationSettings, log: Callable[[str], None]) -> dict:
+    import json
+
+    from temde.data.vocab import atomic_write
+
+    intervals = variant_intervals(out, s.variants, s.seeds, s.data, s.test_split, s.reference)
+    with atomic_write(out / "intervals.json") as handle:
+        json.dump(intervals, handle, indent=1)
+    log(format_intervals(intervals))
+    return intervals
+
+
+def format_intervals(intervals: dict) -> str:
+    """Markdown: each variant's rsum interval; the reference minus each variant with its verdict."""
+    reference = intervals["reference"]
+    lines = ["| variant | rsum 95% interval | " + (f"{reference} minus variant | 95% paired interval | verdict for "
+                                                   f"{reference} |" if reference else ""),
+             "|---|---|" + ("---|---|---|" if reference else "")]
+    for name, entry in intervals["variants"].items():
+        ci = entry["rsum_interval"]
+        row = f"| {name} | {ci['estimate']:.1f} [{ci['low']:.1f}, {ci['high']:.1f}] |"
+        if reference:
+            d = entry.get("against_reference")
+            row += (f" {d['estimate']:+.1f} | [{d['low']:+.1f}, {d['high']:+.1f}] | {d['verdict']} |" if d
+                    else " (reference) | | |")
+        lines.append(row)
+    return "\n".join(lines)
 
 
 def summarise(rows: list[dict]) -> list[dict]:

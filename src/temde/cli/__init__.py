@@ -24,11 +24,12 @@ COMMAND_MODULES = [
 ]
 
 
-DESCRIPTION = ("Image-caption retrieval with T-EMDE: train SAF/SGR models whose global pooling is a trainable "
-               "EMDE sketch (or SGRAF's attention, for comparison), evaluate them, and search images by text.")
-EPILOG = ("Start with `temde demo --quick` (prepares the default clip-art data, trains both poolings, writes a "
-          "report with figures). `temde COMMAND --help` describes each command. Downloads and cached features go "
-          "to $TEMDE_CACHE (default ~/.cache/temde).")
+DESCRIPTION = ("Image-caption retrieval with T-EMDE: train SAF/SGR/VSE models whose global pooling is a trainable "
+               "EMDE sketch (or SGRAF's attention, GPO, ... for comparison), evaluate them with confidence "
+               "intervals, and search images by text.")
+EPILOG = ("Start with `temde demo --quick` (prepares real emoji drawings once, trains the dual encoder with each "
+          "pooling, prints every comparison with its 95% interval). `temde COMMAND --help` describes each "
+          "command. Downloads and cached features go to $TEMDE_CACHE (default ~/.cache/temde).")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,10 @@ def register(sub) -> None:
     p.add_argument("--global-loss", type=float, default=None, metavar="W",
                    help="weight of the global-vector matching loss (0 = off); default: the preset's (saf-small: "
                         "1.0), as `temde demo`")
+    p.add_argument("--test-split", default="test", help="the split every run is scored on; default %(default)s")
+    p.add_argument("--reference", default="temde",
+                   help="the variant every other one is compared with (95%% paired bootstrap interval of the rsum "
+                        "difference); default %(default)s")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
     p.add_argument("--merge", nargs="+", metavar="DIR",
                    help="combine the ablation.csv of these folders into --out instead of training (default: train)")
@@ -63,9 +67,11 @@ def run(args) -> int:
     settings = AblationSettings(
         data=data, out=args.out, variants=variants, seeds=[int(s) for s in args.seeds.split(",")], model=args.model,
         epochs=args.epochs, word_vectors=None if args.word_vectors == "none" else args.word_vectors,
-        dev_subset=args.dev_subset, global_loss=args.global_loss, force=args.force,
+        dev_subset=args.dev_subset, global_loss=args.global_loss, force=args.force, test_split=args.test_split,
+        reference=args.reference,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = run_ablation(settings)
     print(format_summary(rows))
-    print(f"wrote {Path(args.out) / 'ablation.csv'} and {Path(args.out) / 'ablation.png'}")
+    print(f"wrote {Path(args.out) / 'ablation.csv'}, {Path(args.out) / 'ablation.png'} and "
+          f"{Path(args.out) / 'intervals.json'}")
     return 0

@@ -37,6 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-splits", type=_names, default=None,
                    help="comma-separated test splits (default: every split whose name starts with test)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: each preset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size per run (default: each preset's)")
+    p.add_argument("--lr-update", type=int, default=None,
+                   help="epochs between lr x0.1 decays (default: each preset's)")
+    p.add_argument("--max-steps-per-epoch", type=int, default=None, metavar="N",
+                   help="cap on optimizer steps per epoch: a fixed training budget on large data (default: none)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each a process with cpu_count/jobs threads (CPU); default 1")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples; default %(default)s")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available, else cpu)")
     p.add_argument("--force", action="store_true", help="start over in --out (every run retrained)")
@@ -52,13 +59,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.epochs is not None and args.epochs < 1:
         raise TemdeError(f"--epochs: expected a positive integer, got {args.epochs}")
+    for flag, value in (("--batch-size", args.batch_size), ("--lr-update", args.lr_update),
+                        ("--max-steps-per-epoch", args.max_steps_per_epoch), ("--jobs", args.jobs)):
+        if value is not None and value < 1:
+            raise TemdeError(f"{flag}: expected a positive integer, got {value}")
     if args.resamples < 100:
         raise TemdeError(f"--resamples: expected at least 100, got {args.resamples}")
     settings = CompareSettings(
         data=args.data, out=args.out, hosts=args.hosts, poolings=args.poolings, reference=args.reference,
-        seeds=args.seeds, test_splits=args.test_splits, epochs=args.epochs, resamples=args.resamples,
+        seeds=args.seeds, test_splits=args.test_splits, epochs=args.epochs, batch_size=args.batch_size,
+        lr_update=args.lr_update, max_steps_per_epoch=args.max_steps_per_epoch, resamples=args.resamples,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), progress=not args.quiet,
-        force=args.force)
+        force=args.force, jobs=args.jobs)
     try:
         run_compare(settings)
     except ValueError as exc:

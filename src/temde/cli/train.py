@@ -40,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="start from this checkpoint (a run's best.pt, or one made by `temde import sgraf`): its "
                         "model and weights, with --pooling swapped in (a new pooling starts fresh, every other "
                         "weight is kept); --model then only supplies the training schedule (default: none)")
-    p.add_argument("--pooling", help=f"global pooling: attention | temde | mha | mean ({PRESET})")
+    from temde.pooling import list_pools
+
+    p.add_argument("--pooling", help=f"global pooling: {' | '.join(list_pools())} ({PRESET})")
     p.add_argument("--pool-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="pooling option, e.g. n_bits=4 or temperature=0.5 (repeatable; default: none)")
     p.add_argument("--set", action="append", type=_key_value, default=[], metavar="KEY=VALUE", dest="model_set",

@@ -36,16 +36,23 @@ class CompareSettings:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     test_splits: list[str] | None = None  # default: every split named test*
     epochs: int | None = None  # default: each preset's
+    # A training budget for large data on a small machine (default: each preset's). Recorded: they decide results.
+    batch_size: int | None = None
+    lr_update: int | None = None
+    max_steps_per_epoch: int | None = None
     pool_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per pooling, over the preset's
     resamples: int = DEFAULT_RESAMPLES
     device: str = "cpu"
     progress: bool = True
     force: bool = False
+    # Training runs at once, each in its own process with cpu_count // jobs torch threads (CPU only: on one GPU
+    # the runs would share it). Small models train faster as two 1-thread processes than as one 2-thread one.
+    jobs: int = 1
 
     def recorded(self) -> dict[str, Any]:
-        """What decides the results (temde.outputs record): not device, progress, force."""
+        """What decides the results (temde.outputs record): not device, progress, force, jobs."""
         values = asdict(self)
-        for key in ("device", "progress", "force"):
+        for key in ("device", "progress", "force", "jobs"):
             values.pop(key)
         values["data"] = str(Path(self.data).resolve())
         return values
@@ -90,9 +97,50 @@ def _train_run(s: CompareSettings, host: str, pooling: str, seed: int, run_dir: 
 
     resume = (run_dir / "last.pt").is_file() and not fresh
     settings = TrainSettings(data=s.data, out=str(run_dir), model=host, pooling=pooling,
-                             pool_options=s.pool_options.get(pooling), epochs=s.epochs, seed=seed, device=s.device,
-                             resume=resume, force=fresh, progress=s.progress, validate_data=False)
+                             pool_options=s.pool_options.get(pooling), epochs=s.epochs, batch_size=s.batch_size,
+                             lr_update=s.lr_update, max_steps_per_epoch=s.max_steps_per_epoch, seed=seed,
+                             device=s.device, resume=resume, force=fresh, progress=s.progress, validate_data=False)
     return train(settings)
+
+
+def _run_one(s: CompareSettings, host: str, pooling: str, seed: int, run_dir: Path, fresh: bool,
+             splits: list[str]) -> tuple[float, dict[str, Ranks]]:
+    """Train (or reuse) one run and score it: (training seconds per epoch, ranks per test split)."""
+    result = _train_run(s, host, pooling, seed, run_dir, fresh)
+    return result["train_seconds"] / max(1, result["epochs"]), _score_run(run_dir, Path(s.data), splits, s.device)
+
+
+def _worker_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_all(s: CompareSettings, tasks: list[tuple[str, str, int, Path]], fresh: bool, splits: list[str],
+             log: Callable[[str], None]) -> list[tuple[float, dict[str, Ranks]]]:
+    """Every (host, pooling, seed) run, in order; `s.jobs` at a time in worker processes when jobs > 1."""
+    if s.jobs <= 1:
+        results = []
+        for host, pooling, seed, run_dir in tasks:
+            log(f"{model_name(host, pooling)}, seed {seed} -> {run_dir}")
+            results.append(_run_one(s, host, pooling, seed, run_dir, fresh, splits))
+        return results
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // s.jobs)
+    quiet = CompareSettings(**{**asdict(s), "progress": False})  # interleaved progress bars would be unreadable
+    log(f"{len(tasks)} runs, {s.jobs} at a time, {threads} torch thread(s) each")
+    with ProcessPoolExecutor(s.jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_threads, initargs=(threads,)) as pool:
+        futures = [pool.submit(_run_one, quiet, host, pooling, seed, run_dir, fresh, splits)
+                   for host, pooling, seed, run_dir in tasks]
+        results = []
+        for (host, pooling, seed, run_dir), future in zip(tasks, futures):
+            results.append(future.result())
+            log(f"done: {model_name(host, pooling)}, seed {seed} ({run_dir})")
+        return results
 
 
 def _score_run(run_dir: Path, data: Path, splits: list[str], device: str) -> dict[str, Ranks]:
@@ -145,7 +193,10 @@ def _floor_runs(s: CompareSettings, data: Path, splits: list[str], out: Path,
     return ranks, seconds
 
 
-def run_compare(settings: CompareSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_compare(settings: CompareSettings, log: Callable[[str], None] = print, *, command: str = "compare",
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train, score and report every run (finished runs in `settings.out` are reused). `command` names the
+    folder's owner in its record (`temde demo` runs this too); `extra` is stored in results.json as is."""
     from temde.data import load_split
     from temde.evaluation import chance_rsum, metrics_from_ranks
     from temde.outputs import claim_folder
@@ -155,23 +206,20 @@ def run_compare(settings: CompareSettings, log: Callable[[str], None] = print) -
         raise ValueError(f"reference pooling {s.reference!r} is not among the poolings {s.poolings}")
     data, out = Path(s.data), Path(s.out)
     splits = test_splits_of(data, s.test_splits)
-    claim = claim_folder(out, "compare", s.recorded(), force=s.force)
+    claim = claim_folder(out, command, s.recorded(), force=s.force)
     fresh = claim.state == "replace"
     started = time.perf_counter()
 
     ranks: dict[str, dict[str, list[Ranks]]] = {}  # model -> split -> one Ranks per seed
     cost: dict[str, list[float]] = {}  # model -> training seconds per epoch, per seed
-    for host in s.hosts:
-        for pooling in s.poolings:
-            name = model_name(host, pooling)
-            ranks[name], cost[name] = {split: [] for split in splits}, []
-            for seed in s.seeds:
-                run_dir = out / "runs" / f"{host}-{pooling}-seed{seed}"
-                log(f"{name}, seed {seed} -> {run_dir}")
-                result = _train_run(s, host, pooling, seed, run_dir, fresh)
-                cost[name].append(result["train_seconds"] / max(1, result["epochs"]))
-                for split, r in _score_run(run_dir, data, splits, s.device).items():
-                    ranks[name][split].append(r)
+    tasks = [(host, pooling, seed, out / "runs" / f"{host}-{pooling}-seed{seed}")
+             for host in s.hosts for pooling in s.poolings for seed in s.seeds]
+    for (host, pooling, _, _), (seconds, by_split) in zip(tasks, _run_all(s, tasks, fresh, splits, log)):
+        name = model_name(host, pooling)
+        ranks.setdefault(name, {split: [] for split in splits})
+        cost.setdefault(name, []).append(seconds)
+        for split, r in by_split.items():
+            ranks[name][split].append(r)
     ranks[FLOOR], cost[FLOOR] = _floor_runs(s, data, splits, out, log)
 
     per_split = {}
@@ -197,7 +245,7 @@ def run_compare(settings: CompareSettings, log: Callable[[str], None] = print) -
                             "chance_rsum": chance_rsum(test.n_images, layout), "models": models,
                             "comparisons": comparisons}
 
-    results = {"settings": asdict(s), "splits": per_split, "seconds": time.perf_counter() - started}
+    results = {"settings": asdict(s), "splits": per_split, "seconds": time.perf_counter() - started, **(extra or {})}
     from temde.experiments.report import write_compare_outputs
 
     write_compare_outputs(results, out, log)

@@ -34,6 +34,16 @@ def interval_table(split: str, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _budget(s: dict[str, Any]) -> str:
+    """The training budget in words: what the settings changed from each preset's schedule."""
+    parts = [f"{s[key]} {word}" for key, word in (("epochs", "epochs"), ("batch_size", "per batch"),
+                                                   ("max_steps_per_epoch", "steps per epoch at most"))
+             if s.get(key) is not None]
+    if s.get("lr_update") is not None:
+        parts.append(f"lr x0.1 every {s['lr_update']} epochs")
+    return "training: " + (", ".join(parts) if parts else "each preset's schedule")
+
+
 def write_compare_outputs(results: dict[str, Any], out: Path, log: Callable[[str], None]) -> None:
     from temde.data.vocab import atomic_write
 
@@ -45,7 +55,8 @@ def write_compare_outputs(results: dict[str, Any], out: Path, log: Callable[[str
     text = "\n".join([
         "# temde compare", "",
         f"Data `{s['data']}`; hosts {', '.join(s['hosts'])}; poolings {', '.join(s['poolings'])} and the linear "
-        f"dual encoder; seeds {', '.join(map(str, s['seeds']))}. Intervals: 95% paired bootstrap over the test "
+        f"dual encoder; seeds {', '.join(map(str, s['seeds']))}; {_budget(s)}. Intervals: 95% paired bootstrap "
+        "over the test "
         f"images (each with its captions), {s['resamples']} resamples, seeds averaged first. A comparison says "
         "ahead or behind only when its whole interval is on one side of 0. Training seconds are wall time on "
         "this machine, noisy under load.", "",

@@ -27,6 +27,7 @@ import numpy as np
 
 from temde.data.vocab import atomic_write
 from temde.errors import CheckpointError
+from temde.outputs import file_sha256
 
 KINDS = ("flat", "ivf", "hnsw")
 FORMAT = "temde-index"
@@ -217,14 +218,6 @@ def model_fingerprint(checkpoint: dict[str, Any]) -> str:
         tensor = checkpoint["model"][name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 

@@ -62,6 +62,18 @@ class Encoded:
                        torch.cat([p.global_ for p in parts]))
 
 
+def checked_image_mask(images: torch.Tensor, image_mask: torch.Tensor | None, img_dim: int) -> torch.Tensor:
+    """The region mask of `images` `[B, R, img_dim]` (all True when None), after checking both shapes."""
+    if images.dim() != 3 or images.shape[-1] != img_dim:
+        raise ValueError(f"images must be [batch, regions, {img_dim}], got {tuple(images.shape)}")
+    if image_mask is None:
+        return torch.ones(images.shape[:2], dtype=torch.bool, device=images.device)
+    if image_mask.shape != images.shape[:2] or image_mask.dtype != torch.bool:
+        raise ValueError(f"image_mask must be a bool [batch, regions] = {tuple(images.shape[:2])} tensor, "
+                         f"got {image_mask.dtype} {tuple(image_mask.shape)}")
+    return image_mask
+
+
 class ImageEncoder(nn.Module):
     """Region features `[B, R, img_dim]` -> region embeddings `[B, R, embed_size]` (one Linear, then L2)."""
 
@@ -73,13 +85,7 @@ class ImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor,
                 image_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if images.dim() != 3 or images.shape[-1] != self.img_dim:
-            raise ValueError(f"images must be [batch, regions, {self.img_dim}], got {tuple(images.shape)}")
-        if image_mask is None:
-            image_mask = torch.ones(images.shape[:2], dtype=torch.bool, device=images.device)
-        elif image_mask.shape != images.shape[:2] or image_mask.dtype != torch.bool:
-            raise ValueError(f"image_mask must be a bool [batch, regions] = {tuple(images.shape[:2])} tensor, "
-                             f"got {image_mask.dtype} {tuple(image_mask.shape)}")
+        image_mask = checked_image_mask(images, image_mask, self.img_dim)
         local = self.fc(images)
         if self.normalize:
             local = l2norm(local)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from temde.models.encoders import l2norm
+from temde.models.encoders import checked_image_mask, l2norm
 from temde.pooling import MaskedBatchNorm, xavier_linear
 
 
@@ -39,13 +39,7 @@ class VSEImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor,
                 image_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if images.dim() != 3 or images.shape[-1] != self.img_dim:
-            raise ValueError(f"images must be [batch, regions, {self.img_dim}], got {tuple(images.shape)}")
-        if image_mask is None:
-            image_mask = torch.ones(images.shape[:2], dtype=torch.bool, device=images.device)
-        elif image_mask.shape != images.shape[:2] or image_mask.dtype != torch.bool:
-            raise ValueError(f"image_mask must be a bool [batch, regions] = {tuple(images.shape[:2])} tensor, "
-                             f"got {image_mask.dtype} {tuple(image_mask.shape)}")
+        image_mask = checked_image_mask(images, image_mask, self.img_dim)
         hidden = torch.relu(self.mlp_norm(self.mlp_in(images), image_mask))
         local = self.fc(images) + self.mlp_out(hidden)
         if self.normalize:

@@ -55,7 +55,7 @@ class TrainSettings:
     # and weights, with `pooling` (and any other override) applied; the pools of a new pooling start fresh. The
     # training hyper-parameters come from `model` (a preset) as usual.
     init: str | None = None
-    pooling: str | None = None  # override the preset's global pooling: attention | temde | mha | mean
+    pooling: str | None = None  # override the preset's global pooling: a name in temde.pooling.POOLS
     pool_options: dict[str, Any] | None = None
     embed_size: int | None = None
     model_overrides: dict[str, Any] = field(default_factory=dict)  # any other ModelConfig field

@@ -13,7 +13,6 @@ package.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from temde.errors import DataError
+from temde.outputs import file_sha256
 
 DEFAULT_REGISTRY = "https://registry.npmjs.org/"
 DOWNLOAD_TIMEOUT_S = 120
@@ -56,14 +56,6 @@ class NpmPackage:
     def tarball_url(self, registry: str | None = None) -> str:
         registry = (registry or os.environ.get("npm_config_registry") or DEFAULT_REGISTRY).rstrip("/")
         return f"{registry}/{self.name}/-/{self.name.rsplit('/', 1)[-1]}-{self.version}.tgz"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _last_line(text: str) -> str:
@@ -105,7 +97,7 @@ def download(package: NpmPackage, cache: Path, log: Callable[[str], None] = prin
             if not got.is_file():
                 raise DataError(f"{package.spec}: download left no {package.tarball_name}")
             os.replace(got, tarball)
-    digest = sha256_of(tarball)
+    digest = file_sha256(tarball)
     if digest != package.sha256:
         raise DataError(f"{tarball}: SHA-256 {digest[:12]}… is not the pinned {package.spec} "
                         f"({package.sha256[:12]}…); delete the file and run again")
