@@ -59,7 +59,10 @@ def write_compare_outputs(results: dict[str, Any], out: Path, log: Callable[[str
         "over the test "
         f"images (each with its captions), {s['resamples']} resamples, seeds averaged first. A comparison says "
         "ahead or behind only when its whole interval is on one side of 0. Training seconds are wall time on "
-        "this machine, noisy under load.", "",
+        "this machine, noisy under load." + (
+            " **One seed**: these intervals cover the sampling of the test images only, not the spread between "
+            "trainings (another seed moves a model too); use several seeds before concluding." if len(s["seeds"]) == 1
+            else ""), "",
         *[table + "\n" for table in tables],
         f"![rsum against training cost]({Path(figure).name})" if figure else "",
     ])

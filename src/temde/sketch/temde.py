@@ -237,7 +237,9 @@ class TEMDE(nn.Module):
 
     @classmethod
     def from_dlsh(cls, dlsh: DLSH, temperature: float = 1.0, **kwargs) -> "TEMDE":
-        """A TEMDE whose hard limit (temperature -> 0) is exactly `dlsh.codes`."""
+        """A TEMDE with `dlsh`'s planes: as temperature -> 0 its soft codes become `dlsh.codes` for every point
+        off the planes (a point on a plane, such as the median point of an odd-sized fit set, stays split between
+        its two buckets; docs/method.md, "Hard limit")."""
         module = cls(dlsh.directions.shape[0], dlsh.n_partitions, dlsh.n_bits, temperature=temperature,
                      seed=dlsh.seed, **kwargs)
         return module.to(dlsh.directions.device).load_dlsh(dlsh)  # on the device the DLSH lives on
