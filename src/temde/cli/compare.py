@@ -18,6 +18,18 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """--hosts, --poolings, --reference: what is compared (shared with `temde demo`)."""
+    p.add_argument("--hosts", type=_names, default=["vse-small"],
+                   help="comma-separated model presets (`temde models`); default vse-small (saf-small: the "
+                        "cross-attention host)")
+    p.add_argument("--poolings", type=_names, default=["temde", "gpo", "attention", "mean", "max"],
+                   help="comma-separated poolings; default temde,gpo,attention,mean,max (the linear dual "
+                        "encoder is always added)")
+    p.add_argument("--reference", default="temde",
+                   help="the pooling every other model is compared with; default %(default)s")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "compare", help="poolings x hosts x seeds on one data set, with paired bootstrap intervals",
@@ -26,13 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "rerun with the same settings and finished runs are reused; other settings need --force.")
     p.add_argument("--data", required=True, help="a prepared precomp folder (train, dev, test* splits)")
     p.add_argument("--out", default="runs/compare", help="output folder; default %(default)s")
-    p.add_argument("--hosts", type=_names, default=["vse-small"],
-                   help="comma-separated model presets (`temde models`); default vse-small")
-    p.add_argument("--poolings", type=_names, default=["temde", "gpo", "attention", "mean", "max"],
-                   help="comma-separated poolings; default temde,gpo,attention,mean,max (the linear dual "
-                        "encoder is always added)")
-    p.add_argument("--reference", default="temde",
-                   help="the pooling every other model is compared with; default %(default)s")
+    add_model_options(p)
     p.add_argument("--seeds", type=_seeds, default=[0, 1, 2, 3, 4], help="comma-separated seeds; default 0,1,2,3,4")
     p.add_argument("--test-splits", type=_names, default=None,
                    help="comma-separated test splits (default: every split whose name starts with test)")

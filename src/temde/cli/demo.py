@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from temde.cli.compare import _names, _seeds
+from temde.cli.compare import _seeds, add_model_options
 
 
 def register(sub) -> None:
@@ -25,13 +25,7 @@ def register(sub) -> None:
                    help="an existing precomp folder with train, dev and test* splits (default: the demo's data, "
                         "prepared once into the cache)")
     p.add_argument("--cache", default=None, help="download/feature cache (default $TEMDE_CACHE or ~/.cache/temde)")
-    p.add_argument("--hosts", type=_names, default=["vse-small"],
-                   help="comma-separated model presets; default vse-small (saf-small: the cross-attention host)")
-    p.add_argument("--poolings", type=_names, default=["temde", "gpo", "attention", "mean", "max"],
-                   help="comma-separated poolings; default temde,gpo,attention,mean,max (the linear dual encoder "
-                        "is always added)")
-    p.add_argument("--reference", default="temde",
-                   help="the pooling every other model is compared with; default %(default)s")
+    add_model_options(p)
     p.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default 0 with --quick, else "
                                                                 "0,1,2)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: 6)")
