@@ -81,21 +81,31 @@ def plot_compare(results: dict[str, Any], path: Path) -> str | None:
     import matplotlib.pyplot as plt
 
     splits = list(results["splits"].items())
-    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4.2), squeeze=False)
+    names = list(dict.fromkeys(name for _, result in splits for name in result["models"]))
+    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(names)}  # one colour per model
+    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4.6), squeeze=False)
     for ax, (split, result) in zip(axes[0], splits):
         for name, model in result["models"].items():
             x = model["train_seconds_per_epoch"]["mean"]
             interval = model["rsum_interval"]
             y = interval["estimate"]
-            ax.errorbar([x], [y], yerr=[[y - interval["low"]], [interval["high"] - y]], fmt="o", capsize=4)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)
+            ax.errorbar([x], [y], yerr=[[y - interval["low"]], [interval["high"] - y]], fmt="o", capsize=4,
+                        color=colours[name], label=name)
         ax.axhline(result["chance_rsum"], color="grey", lw=0.8, ls=":")
+        ax.annotate("chance", (0.01, result["chance_rsum"]), xycoords=("axes fraction", "data"),
+                    textcoords="offset points", xytext=(2, 3), fontsize=8, color="grey")
         ax.set_xscale("log")
         ax.set_xlabel("training seconds per epoch (log scale)")
         ax.set_ylabel("test rsum (max 600), 95% interval")
         ax.set_title(f"{split} ({result['images']} images)")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    # Labels beside the points overlap when two models cost the same: one legend under the panels instead.
+    handles = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    columns = min(len(handles), 2 * len(splits))
+    rows = -(-len(handles) // columns)
+    fig.set_figheight(4.2 + 0.25 * rows)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=columns, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * rows, 1, 1))
     from temde.data.vocab import atomic_write
 
     with atomic_write(path, binary=True) as handle:
