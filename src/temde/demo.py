@@ -7,9 +7,9 @@ the model, with T-EMDE, GPO, attention, mean and max pooling, and the linear dua
 and training budget. Each source's test split is reported alone, every difference with its 95% paired bootstrap
 interval and the word ahead / behind / level read from the interval.
 
-The full run is sized to finish within about 45 minutes on 2 CPU cores from an empty cache, `--quick` within
-about 10 (emoji only, one seed): docs/results/demo.md has the measured times. Bigger budgets are `temde compare`'s
-options on `temde prepare all`'s data.
+The full run is sized for about 45 minutes on 2 CPU cores from an empty cache, `--quick` for about 10 (emoji
+only, one seed); the README's table has what was measured of each. Bigger budgets are `temde compare`'s options
+on `temde prepare all`'s data.
 """
 from __future__ import annotations
 

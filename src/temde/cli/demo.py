@@ -15,8 +15,8 @@ def register(sub) -> None:
                               "cache. --out is this command's own folder: rerun with the same settings and its "
                               "finished runs are reused; other settings need --force or another --out.")
     p.add_argument("--quick", action="store_true",
-                   help="emoji only (300 concepts), one seed: a first look in about 10 minutes (default: three "
-                        "sources of 700 concepts each, three seeds, about 45 minutes on 2 CPU cores)")
+                   help="emoji only (300 concepts), one seed: a first look, sized for ~10 minutes on 2 CPU cores "
+                        "(default: three sources of 700 concepts each, three seeds, sized for ~45 minutes)")
     p.add_argument("--out", default="runs/demo",
                    help="output folder (report.md, results.json, compare.png, runs/); default %(default)s")
     p.add_argument("--force", action="store_true",
