@@ -173,13 +173,7 @@ def run_host_step(args) -> int:
                                 repeats=args.repeats, device=device)
     result = run_host_step_bench(settings, progress=lambda line: print(line, flush=True))
     write_json(result, out)
-    print()
-    print(format_host_table(result))
-    print("\nratios (same run):")
-    for key, value in result["summary"].items():
-        print(f"  {key:45s} {value:7.3f}")
-    print(f"wrote {out}")
-    return 0
+    return _print_result(format_host_table(result), result["summary"], out)
 
 
 def run_model(args) -> int:
@@ -201,10 +195,15 @@ def run_model(args) -> int:
                                   repeats=args.repeats, device=device, **sizes)
     result = run_model_bench(settings)
     write_json(result, args.out)
+    return _print_result(format_table(result), result["summary"], args.out)
+
+
+def _print_result(table: str, summary: dict, out) -> int:
+    """The table, the run's ratios and the file written: the tail of `bench pool --host` and `bench model`."""
     print()
-    print(format_table(result))
+    print(table)
     print("\nratios (same run):")
-    for key, value in result["summary"].items():
+    for key, value in summary.items():
         print(f"  {key:45s} {value:7.3f}")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
