@@ -18,22 +18,20 @@ def register_sources(sources, common) -> None:
     """Add the emoji, icons and all sub-commands; `common` adds prepare's shared options (--out, --dev, ...)."""
     from temde.data.sources.multicaption import DEFAULT_DEV, DEFAULT_TEST
 
-    emoji = sources.add_parser(
-        "emoji", help="emoji drawn by 9 vendors (npm Iconify sets), captioned by CLDR names/keywords + emojilib",
-        description="Emoji of several vendors matched by code point (skin-tone variants dropped), up to three "
-                    "human texts each (CLDR name, CLDR keywords, emojilib keywords), rendered with cairosvg "
-                    "(needs libcairo2). Pinned npm packages are downloaded into the cache. " + _SPLITS)
-    _source_options(emoji, "concepts")
-    common(emoji, dev=DEFAULT_DEV, test=DEFAULT_TEST)
-    emoji.set_defaults(run=run_sources, sources="emoji")
-
-    icons = sources.add_parser(
-        "icons", help="icon sets with names and tags (tabler, lucide, Font Awesome, Phosphor, Carbon, game-icons)",
-        description="Icons of six npm icon sets (brand logos dropped), two captions each: the name in words and "
-                    "the tag list; rendered with cairosvg (needs libcairo2). " + _SPLITS)
-    _source_options(icons, "concepts")
-    common(icons, dev=DEFAULT_DEV, test=DEFAULT_TEST)
-    icons.set_defaults(run=run_sources, sources="icons")
+    single = (
+        ("emoji", "emoji drawn by 9 vendors (npm Iconify sets), captioned by CLDR names/keywords + emojilib",
+         "Emoji of several vendors matched by code point (skin-tone variants dropped), up to three human texts each "
+         "(CLDR name, CLDR keywords, emojilib keywords), rendered with cairosvg (needs libcairo2). Pinned npm "
+         "packages are downloaded into the cache. "),
+        ("icons", "icon sets with names and tags (tabler, lucide, Font Awesome, Phosphor, Carbon, game-icons)",
+         "Icons of six npm icon sets (brand logos dropped), two captions each: the name in words and the tag list; "
+         "rendered with cairosvg (needs libcairo2). "),
+    )
+    for name, summary, description in single:
+        parser = sources.add_parser(name, help=summary, description=description + _SPLITS)
+        _source_options(parser, "concepts")
+        common(parser, dev=DEFAULT_DEV, test=DEFAULT_TEST)
+        parser.set_defaults(run=run_sources, sources=name)
 
     every = sources.add_parser(
         "all", help="emoji + icons + openclipart (separate captions) in one folder, a test split per source",
