@@ -76,6 +76,7 @@ def write_compare_outputs(results: dict[str, Any], out: Path, log: Callable[[str
 def plot_compare(results: dict[str, Any], path: Path) -> str | None:
     """One panel per test split: rsum (with its 95% interval) against training seconds per epoch."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -95,6 +96,7 @@ def plot_compare(results: dict[str, Any], path: Path) -> str | None:
         ax.annotate("chance", (0.01, result["chance_rsum"]), xycoords=("axes fraction", "data"),
                     textcoords="offset points", xytext=(2, 3), fontsize=8, color="grey")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels of a narrow span overlap
         ax.set_xlabel("training seconds per epoch (log scale)")
         ax.set_ylabel("test rsum (max 600), 95% interval")
         ax.set_title(f"{split} ({result['images']} images)")
