@@ -137,7 +137,7 @@ def test_ablation_intervals_compare_each_variant_with_the_reference(tmp_path):
     """`temde ablate` reads the saved test ranks of every run: a variant that ranks every query first is ahead of
     one that never reaches the top 10 by exactly 600 rsum, whatever the resample."""
     from temde.bench.ablate import format_intervals, variant_intervals
-    from temde.experiments.compare import _save_ranks
+    from temde.experiments.compare import save_ranks
     from temde.bootstrap import Ranks
 
     data = tmp_path / "data"
@@ -147,7 +147,7 @@ def test_ablation_intervals_compare_each_variant_with_the_reference(tmp_path):
     for name, ranks in (("temde", perfect), ("mean", lost)):
         for seed in (0, 1):
             (tmp_path / "out" / "runs" / f"{name}-seed{seed}").mkdir(parents=True)
-            _save_ranks(tmp_path / "out" / "runs" / f"{name}-seed{seed}" / "ranks_test.npz", ranks)
+            save_ranks(tmp_path / "out" / "runs" / f"{name}-seed{seed}" / "ranks_test.npz", ranks)
     result = variant_intervals(tmp_path / "out", ["temde", "mean"], [0, 1], str(data), "test", "temde", 200)
     assert result["variants"]["temde"]["rsum_interval"]["estimate"] == 600.0
     difference = result["variants"]["mean"]["against_reference"]

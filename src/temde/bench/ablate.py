@@ -103,7 +103,7 @@ def pool_forward_ms(name: str, embed_size: int, device: str, batch: int = 128, t
 
 def run_variant(name: str, seed: int, s: AblationSettings, fresh: bool = False) -> dict:
     from temde.evaluation import metrics_from_ranks
-    from temde.experiments.compare import _score_run
+    from temde.experiments.compare import score_run
     from temde.models import load_preset
     from temde.training.loop import TrainSettings, train
 
@@ -118,7 +118,7 @@ def run_variant(name: str, seed: int, s: AblationSettings, fresh: bool = False) 
         resume=(run_dir / "last.pt").is_file() and not fresh, force=fresh, progress=s.progress, word_vectors=s.word_vectors,
         dev_subset=s.dev_subset, global_loss=s.resolved_global_loss(), validate_data=False, **train_overrides)
     result = train(settings)
-    ranks = _score_run(run_dir, Path(s.data), [s.test_split], s.device)[s.test_split]  # cached beside best.pt
+    ranks = score_run(run_dir, Path(s.data), [s.test_split], s.device)[s.test_split]  # cached beside best.pt
     metrics = metrics_from_ranks(ranks.i2t, ranks.t2i)
     return {"variant": name, "seed": seed, "test_rsum": metrics["rsum"], "best_dev_rsum": result["best_rsum"],
             "train_seconds": result["train_seconds"], **{k: metrics[k] for k in ("i2t_r1", "t2i_r1")}}
@@ -156,10 +156,10 @@ def variant_intervals(out: Path, variants: list[str], seeds: list[int], data: st
     is a variant) the paired interval of the difference: the machinery of `temde compare`."""
     from temde.bootstrap import rsum_difference, rsum_interval
     from temde.data import load_split
-    from temde.experiments.compare import _load_ranks
+    from temde.experiments.compare import load_ranks
 
     layout = load_split(data, split, validate=False).layout
-    ranks = {name: [_load_ranks(out / "runs" / f"{name}-seed{seed}" / f"ranks_{split}.npz") for seed in seeds]
+    ranks = {name: [load_ranks(out / "runs" / f"{name}-seed{seed}" / f"ranks_{split}.npz") for seed in seeds]
              for name in variants}
     result = {"split": split, "reference": reference if reference in variants else None, "variants": {}}
     for name in variants:

@@ -80,14 +80,14 @@ def _ranks(sims: np.ndarray, layout) -> Ranks:
     return Ranks(image_to_text_ranks(sims, layout), text_to_image_ranks(sims, layout))
 
 
-def _save_ranks(path: Path, ranks: Ranks) -> None:
+def save_ranks(path: Path, ranks: Ranks) -> None:
     from temde.data.vocab import atomic_write
 
     with atomic_write(path, binary=True) as handle:
         np.savez(handle, i2t=ranks.i2t, t2i=ranks.t2i)
 
 
-def _load_ranks(path: Path) -> Ranks:
+def load_ranks(path: Path) -> Ranks:
     with np.load(path) as saved:
         return Ranks(saved["i2t"], saved["t2i"])
 
@@ -107,7 +107,7 @@ def _run_one(s: CompareSettings, host: str, pooling: str, seed: int, run_dir: Pa
              splits: list[str]) -> tuple[float, dict[str, Ranks]]:
     """Train (or reuse) one run and score it: (training seconds per epoch, ranks per test split)."""
     result = _train_run(s, host, pooling, seed, run_dir, fresh)
-    return result["train_seconds"] / max(1, result["epochs"]), _score_run(run_dir, Path(s.data), splits, s.device)
+    return result["train_seconds"] / max(1, result["epochs"]), score_run(run_dir, Path(s.data), splits, s.device)
 
 
 def _worker_threads(threads: int) -> None:
@@ -143,7 +143,7 @@ def _run_all(s: CompareSettings, tasks: list[tuple[str, str, int, Path]], fresh:
         return results
 
 
-def _score_run(run_dir: Path, data: Path, splits: list[str], device: str) -> dict[str, Ranks]:
+def score_run(run_dir: Path, data: Path, splits: list[str], device: str) -> dict[str, Ranks]:
     """Ranks of the run's best checkpoint on every test split (cached beside the checkpoint)."""
     from temde.data import load_split
     from temde.scoring import encode_split, score_matrix
@@ -157,9 +157,9 @@ def _score_run(run_dir: Path, data: Path, splits: list[str], device: str) -> dic
         for name in todo:
             split = load_split(data, name, validate=False)
             sims = score_matrix(model, *encode_split(model, split, vocab, 128, device), device=device)
-            _save_ranks(run_dir / f"ranks_{name}.npz", _ranks(sims, split.layout))
+            save_ranks(run_dir / f"ranks_{name}.npz", _ranks(sims, split.layout))
     for name in splits:
-        out[name] = _load_ranks(run_dir / f"ranks_{name}.npz")
+        out[name] = load_ranks(run_dir / f"ranks_{name}.npz")
     return out
 
 
@@ -182,14 +182,14 @@ def _floor_runs(s: CompareSettings, data: Path, splits: list[str], out: Path,
                                              BaselineSettings(seed=seed, device=s.device))
             for name in splits:
                 split = load_split(data, name, validate=False)
-                _save_ranks(run_dir / f"ranks_{name}.npz",
+                save_ranks(run_dir / f"ranks_{name}.npz",
                             _ranks(score_dual_encoder(model, split, vocab, s.device), split.layout))
             done.write_text(json.dumps({"train_seconds": info["train_seconds"],
                                         "epochs": BaselineSettings().epochs}))
         record = json.loads(done.read_text())
         seconds.append(record["train_seconds"] / record["epochs"])
         for name in splits:
-            ranks[name].append(_load_ranks(run_dir / f"ranks_{name}.npz"))
+            ranks[name].append(load_ranks(run_dir / f"ranks_{name}.npz"))
     return ranks, seconds
 
 
