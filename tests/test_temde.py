@@ -206,10 +206,10 @@ def test_state_dict_round_trip_keeps_temperature_and_standardisation():
 
 # ---- the hand-written backward of the factorised histogram -------------------------------------------------------
 
-def per_token_histogram(module, x, weights):
+def per_token_histogram(module, x, mask, weights):
     """The autograd path the hand-written backward replaces: the weighted sum of every token's [N, 2**K] code
     probabilities (expand_bits of the bit sigmoids, checked against the product formula above)."""
-    return torch.einsum("bl,blnc->bnc", weights, module.assignments(x))
+    return torch.einsum("bl,blnc->bnc", weights, module.assignments(x, mask))
 
 
 @pytest.mark.parametrize("n_bits", [2, 3, 5, 6])
@@ -228,6 +228,8 @@ VARIANTS = {
     "plain": {},
     "gate+power+proj": dict(token_weights=True, power=0.5, out_dim=5),
     "residual": dict(residual=True),
+    "batch-stats+norm-weights+mean": dict(token_stats="batch", sketch_norm="batch", token_weights="norm",
+                                          mean_weight=0.4),
 }
 
 
@@ -284,3 +286,96 @@ def test_far_from_every_plane_the_gradient_has_no_subnormal_numbers():
     tiny = torch.finfo(torch.float32).tiny
     assert torch.isfinite(grad).all() and not ((grad != 0) & (grad.abs() < tiny)).any()
     assert grad[0, 0, 0, 2] != 0  # the plane it is near still gets its gradient
+
+
+def bit_products(z: torch.Tensor) -> torch.Tensor:
+    """Code probabilities `[..., N, 2**K]` from plane distances `[..., N, K]` by a loop over the codes (most
+    significant bit first): the product of sigmoid(+-z_k)."""
+    k = z.shape[-1]
+    codes = []
+    for bits in itertools.product([0, 1], repeat=k):
+        p = torch.ones(z.shape[:-1], dtype=z.dtype)
+        for j, bit in enumerate(bits):
+            p = p * torch.sigmoid((2 * bit - 1) * z[..., j])
+        codes.append(p)
+    return torch.stack(codes, dim=-1)
+
+
+def test_batch_token_statistics_standardise_by_the_real_tokens_and_keep_running_averages():
+    x = tokens(3, 6, 12) * 4 + 2
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0], [0, 1, 0, 1, 1, 0]], dtype=torch.bool)
+    x = x.masked_fill(~mask.unsqueeze(-1), 1e4)  # padding must not enter the statistics
+    module = TEMDE(12, n_partitions=2, n_bits=3, temperature=0.5, token_stats="batch", stats_momentum=0.25)
+    module.init_from_tokens(tokens(5, 9, 12, seed=4))
+    stored_mean, stored_std = module.in_mean.clone(), module.in_std.clone()
+    real = x[mask]  # [n, 12]
+    mean, std = real.mean(0), (real.var(0, unbiased=False) + 1e-5).sqrt()
+    module.train()
+    z = module.plane_distances(x, mask)
+    expected = (((x - mean) / std) @ module.planes - module.bias) / 0.5
+    torch.testing.assert_close(z[mask], expected[mask].unflatten(-1, (2, 3)), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(module.in_mean, 0.75 * stored_mean + 0.25 * mean)
+    torch.testing.assert_close(module.in_std, 0.75 * stored_std + 0.25 * std)
+    module.eval()  # evaluation standardises with the running averages and leaves them alone
+    running = module.in_mean.clone(), module.in_std.clone()
+    z = module.plane_distances(x, mask)
+    expected = (((x - running[0]) / running[1]) @ module.planes - module.bias) / 0.5
+    torch.testing.assert_close(z, expected.unflatten(-1, (2, 3)), atol=1e-4, rtol=1e-4)
+    assert torch.equal(module.in_mean, running[0])
+    with pytest.raises(ValueError, match="token_stats"):
+        TEMDE(12, token_stats="bogus")
+
+
+def test_batch_sketch_norm_standardises_each_sketch_feature_over_the_batch():
+    x = tokens(5, 7, 12)
+    mask = torch.ones(5, 7, dtype=torch.bool)
+    mask[2, 3:] = False
+    module = TEMDE(12, n_partitions=2, n_bits=2, sketch_norm="batch").train()
+    z = module.plane_distances(x)
+    counts = (bit_products(z) * mask[..., None, None]).sum(1)  # [B, N, 4]
+    rows = (counts / counts.norm(dim=-1, keepdim=True)).flatten(1)
+    standard = (rows - rows.mean(0)) / (rows.var(0, unbiased=False) + 1e-5).sqrt()
+    torch.testing.assert_close(module(x, mask), standard / standard.norm(dim=-1, keepdim=True), atol=1e-5, rtol=1e-4)
+    module.eval()  # then the running averages: one batch at momentum 0.1 from (0, 1)
+    mean, var = 0.1 * rows.mean(0), 0.9 + 0.1 * rows.var(0, unbiased=True)
+    standard = (rows - mean) / (var + 1e-5).sqrt()
+    torch.testing.assert_close(module(x, mask), standard / standard.norm(dim=-1, keepdim=True), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="sketch_norm"):
+        TEMDE(12, sketch_norm="layer")
+
+
+def test_norm_token_weights_count_each_token_by_its_length():
+    x = tokens(2, 5, 12)
+    x[0, 1] = 0.0  # a silenced token adds nothing
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    module = TEMDE(12, n_partitions=2, n_bits=3, token_weights="norm")
+    p = bit_products(module.plane_distances(x))  # [B, L, N, 8]
+    expected = torch.zeros(2, 2, 8)
+    for b in range(2):
+        for t in range(5):
+            expected[b] += torch.linalg.vector_norm(x[b, t]) * p[b, t]
+    torch.testing.assert_close(module.histogram(x, mask), expected, atol=1e-5, rtol=1e-5)
+    assert module.gate is None
+    assert TEMDE(12, token_weights=True).token_weights == "gate"  # the boolean form of the earlier versions
+    with pytest.raises(ValueError, match="token_weights"):
+        TEMDE(12, token_weights="idf")
+
+
+def test_mean_weight_splits_the_cosine_between_the_means_and_the_sketches():
+    a, b = tokens(3, 6, 12, seed=1), tokens(3, 4, 12, seed=2)
+    mask_a = torch.ones(3, 6, dtype=torch.bool)
+    mask_a[1, 2:] = False
+    module = TEMDE(12, n_partitions=2, n_bits=3, mean_weight=0.7)
+    plain = TEMDE(12, n_partitions=2, n_bits=3)
+    assert module.out_dim == plain.out_dim + 12
+    out_a, out_b = module(a, mask_a), module(b)
+    torch.testing.assert_close(out_a.norm(dim=-1), torch.ones(3))
+    mean_a = torch.stack([a[i, mask_a[i]].mean(0) for i in range(3)])
+    mean_b = b.mean(1)
+    cos_means = torch.nn.functional.cosine_similarity(mean_a[:, None], mean_b[None], dim=-1)
+    cos_sketches = plain(a, mask_a) @ plain(b).t()  # the same seed: the same planes
+    torch.testing.assert_close(out_a @ out_b.t(), 0.7 * cos_means + 0.3 * cos_sketches)
+    with pytest.raises(ValueError, match="mean_weight"):
+        TEMDE(12, mean_weight=1.0)
+    with pytest.raises(ValueError, match="choose one"):
+        TEMDE(12, mean_weight=0.5, residual=True)

@@ -37,6 +37,10 @@ VARIANTS: dict[str, tuple[str, dict, dict, dict]] = {
     "temde-residual": ("temde", {"residual": True}, {}, {}),
     "temde-gate": ("temde", {"token_weights": True}, {}, {}),
     "temde-sqrt": ("temde", {"power": 0.5}, {}, {}),
+    "temde-norm-weights": ("temde", {"token_weights": "norm"}, {}, {}),
+    "temde-batch-stats": ("temde", {"token_stats": "batch"}, {}, {}),
+    "temde-sketch-norm": ("temde", {"sketch_norm": "batch"}, {}, {}),
+    "temde-mean-mix": ("temde", {"mean_weight": 0.8}, {}, {}),
     # SAF's own score alone, without the cosine of the global vectors the small presets add (global_score).
     "attention-no-global-score": ("attention", {}, {"global_score": 0.0}, {}),
     "temde-residual-no-global-score": ("temde", {"residual": True}, {"global_score": 0.0}, {}),

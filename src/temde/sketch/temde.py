@@ -22,6 +22,9 @@ from temde.sketch.emde import DLSH, bit_weights
 from temde.sketch.validation import check_tokens, masked_mean
 
 RELAXATIONS = ("sigmoid", "gumbel", "straight_through")
+TOKEN_STATS = ("fixed", "batch")
+SKETCH_NORMS = ("none", "batch")
+TOKEN_WEIGHTS = ("none", "gate", "norm")
 
 
 def code_signs(n_bits: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -144,11 +147,28 @@ class TEMDE(nn.Module):
             at 0. The output lives in the token space, as attention pooling's does (a weighted mean of the
             tokens); the sketch adds the shape of the set's density on top of its centroid, and starting silent
             it is only weighted in as far as training finds it useful.
-        token_weights: weight each token's contribution to the counts by a learned gate sigmoid(x . u)
-            (a weighted sketch, still linear in the tokens): lets the sketch discount tokens such as background
-            regions, which otherwise own most of the mass of every row.
+        token_weights: how much each token adds to the counts. "none" (or False): 1 per real token, so every
+            token, background regions and stop words included, owns the same mass. "gate" (or True): a learned
+            gate sigmoid(x . u) (still linear in the tokens). "norm": the token's length |x|, the weight the
+            masked mean gives a token implicitly: an encoder can silence a token by shrinking it, as it does
+            under mean pooling (scaling every weight alike cancels in the row normalisation).
         power: counts ** power before the row normalisation (0.5: square-root, the usual remedy for bursty
             histograms, where one dominant bucket flattens the rest after L2); 1 keeps the plain counts.
+        token_stats: how tokens are standardised before the planes. "fixed": the mean and spread measured once
+            (init_from_tokens), DLSH's. "batch": while training, the mean and spread of the batch's real tokens
+            (a BatchNorm without affine, running averages kept for evaluation). An encoder trained under the
+            sketch changes the scale of its tokens (the BiGRU's spread grows ~1.7x in a few hundred steps), and
+            with fixed statistics that sharpens every soft code towards a hard one and starves the planes'
+            gradients; batch statistics keep the temperature in units of the tokens' current spread.
+        sketch_norm: "batch" standardises each sketch feature over the batch (BatchNorm without affine, running
+            averages for evaluation) before the projection and the final L2: every histogram shares a large
+            common shape (the density of all tokens), which otherwise dominates the cosine of two sketches;
+            the standardised sketch compares deviations from it. "none" keeps the row-normalised counts.
+        stats_momentum: weight of the newest batch in the running averages of both "batch" options.
+        mean_weight: w in [0, 1): output the concatenation [sqrt(w) mean(tokens)/|.|, sqrt(1 - w) sketch/|.|],
+            so the cosine of two pooled sets is w cos(means) + (1 - w) cos(sketches): the centroid and the
+            shape of the density side by side, each with a fixed share of the score (unlike `residual`, whose
+            learned gain can leave the sketch out). out_dim grows by dim. 0 (default): the sketch alone.
         seed: seed of the random hyperplane directions.
     """
 
@@ -162,8 +182,12 @@ class TEMDE(nn.Module):
         learn_planes: bool = True,
         out_dim: int | None = None,
         residual: bool = False,
-        token_weights: bool = False,
+        token_weights: bool | str = "none",
         power: float = 1.0,
+        token_stats: str = "fixed",
+        sketch_norm: str = "none",
+        stats_momentum: float = 0.1,
+        mean_weight: float = 0.0,
         seed: int = 0,
     ):
         super().__init__()
@@ -179,18 +203,34 @@ class TEMDE(nn.Module):
             raise ValueError(f"residual=True adds the sketch to the token mean: out_dim must be dim ({dim}), got {out_dim}")
         if not 0 < power <= 1:
             raise ValueError(f"power must be in (0, 1], got {power}")
+        if token_stats not in TOKEN_STATS:
+            raise ValueError(f"token_stats must be one of {TOKEN_STATS}, got {token_stats!r}")
+        if sketch_norm not in SKETCH_NORMS:
+            raise ValueError(f"sketch_norm must be one of {SKETCH_NORMS}, got {sketch_norm!r}")
+        if not 0 < stats_momentum <= 1:
+            raise ValueError(f"stats_momentum must be in (0, 1], got {stats_momentum}")
+        token_weights = {False: "none", True: "gate"}.get(token_weights, token_weights)
+        if token_weights not in TOKEN_WEIGHTS:
+            raise ValueError(f"token_weights must be one of {TOKEN_WEIGHTS}, got {token_weights!r}")
+        if not 0 <= mean_weight < 1:
+            raise ValueError(f"mean_weight must be in [0, 1), got {mean_weight}")
+        if residual and mean_weight:
+            raise ValueError("residual=True and mean_weight > 0 both add the token mean: choose one")
         if residual:
             out_dim = dim
         self.dim = dim
+        self.mean_weight = float(mean_weight)
         self.power = float(power)
         self.residual = residual
         self.n_partitions = n_partitions
         self.n_bits = n_bits
         self.relaxation = relaxation
         self.learn_planes = learn_planes
+        self.token_stats = token_stats
+        self.stats_momentum = float(stats_momentum)
         self.seed = seed
         self.sketch_dim = n_partitions * 2 ** n_bits
-        self.out_dim = out_dim if out_dim is not None else self.sketch_dim
+        self.out_dim = (out_dim if out_dim is not None else self.sketch_dim) + (dim if mean_weight else 0)
 
         # Random directions: for unit-norm tokens x . w ~ N(0, 1), so the temperature has a meaning even before
         # the data-driven initialisation (init_from_tokens) sets median biases and per-plane scales.
@@ -208,11 +248,14 @@ class TEMDE(nn.Module):
         self.register_buffer("in_std", torch.ones(dim))
         self.register_buffer("temperature", torch.tensor(float(temperature)))
         self.register_buffer("signs", code_signs(n_bits), persistent=False)
+        self.sketch_norm = (nn.BatchNorm1d(self.sketch_dim, affine=False, momentum=stats_momentum)
+                            if sketch_norm == "batch" else None)
         self.proj = nn.Linear(self.sketch_dim, out_dim) if out_dim is not None else None
         # No bias: scaling every token's weight alike cancels in the row normalisation, so a bias would have no
         # gradient at the start. Zero weights start the gate as a uniform 1/2 per token.
         self.sketch_gain = nn.Parameter(torch.zeros(())) if residual else None
-        self.gate = nn.Linear(dim, 1, bias=False) if token_weights else None
+        self.token_weights = token_weights
+        self.gate = nn.Linear(dim, 1, bias=False) if token_weights == "gate" else None
         if self.gate is not None:
             nn.init.zeros_(self.gate.weight)
 
@@ -263,15 +306,33 @@ class TEMDE(nn.Module):
         self.temperature.fill_(float(value))
 
     # ---- forward --------------------------------------------------------------------------------------------
-    def plane_distances(self, x: torch.Tensor) -> torch.Tensor:
-        """z = (standardise(x) . w - b) / temperature, `[..., N, K]`.
+    def token_statistics(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, spread) `[dim]` that standardise the tokens: the stored ones, or with token_stats="batch" in
+        training mode those of the real tokens of `x` (differentiable), folded into the running averages."""
+        if self.token_stats != "batch" or not self.training:
+            return self.in_mean, self.in_std
+        weights = (torch.ones(x.shape[:-1], device=x.device, dtype=x.dtype) if mask is None
+                   else mask.to(x.dtype)).unsqueeze(-1)
+        count = weights.sum().clamp_min(1.0)
+        mean = (x * weights).sum(tuple(range(x.dim() - 1))) / count
+        var = (((x - mean) ** 2) * weights).sum(tuple(range(x.dim() - 1))) / count
+        std = (var + 1e-5).sqrt()
+        with torch.no_grad():
+            self.in_mean.lerp_(mean.detach().to(self.in_mean.dtype), self.stats_momentum)
+            self.in_std.lerp_(std.detach().to(self.in_std.dtype), self.stats_momentum)
+        return mean, std
+
+    def plane_distances(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """z = (standardise(x) . w - b) / temperature, `[..., N, K]` (`mask`: the real tokens, whose statistics
+        standardise a training batch when token_stats="batch").
 
         The standardisation and temperature are folded into a [dim, NK] matrix first: that is a few thousand
         operations instead of two extra passes over every token.
         """
-        scale = self.in_std.unsqueeze(-1) * self.temperature
+        mean, std = self.token_statistics(x, mask)
+        scale = std.unsqueeze(-1) * self.temperature
         planes = self.planes / scale
-        bias = (self.bias + (self.in_mean / self.in_std) @ self.planes) / self.temperature
+        bias = (self.bias + (mean / std) @ self.planes) / self.temperature
         return (x @ planes.to(x.dtype) - bias.to(x.dtype)).unflatten(-1, (self.n_partitions, self.n_bits))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -279,11 +340,12 @@ class TEMDE(nn.Module):
         z = self.plane_distances(x)
         return 0.5 * z @ self.signs.to(z.dtype).t()
 
-    def assignments(self, x: torch.Tensor) -> torch.Tensor:
+    def assignments(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Soft (or straight-through hard) bucket assignment of each token: `[..., N, 2**K]`, rows sum to 1."""
+        z = self.plane_distances(x, mask)
         if self.relaxation == "sigmoid":
-            return expand_bits(torch.sigmoid(self.plane_distances(x)))
-        logits = self.logits(x)
+            return expand_bits(torch.sigmoid(z))
+        logits = 0.5 * z @ self.signs.to(z.dtype).t()
         if self.relaxation == "gumbel" and not self.training:
             return logits.softmax(-1)  # no sampling noise at evaluation: the sigmoid product
         if self.relaxation == "gumbel":
@@ -298,17 +360,19 @@ class TEMDE(nn.Module):
         weights = mask.to(x.dtype)
         if self.gate is not None:
             weights = weights * torch.sigmoid(self.gate(x).squeeze(-1)).to(x.dtype)
+        elif self.token_weights == "norm":
+            weights = weights * x.norm(dim=-1)
         if self.relaxation == "sigmoid" and self.n_bits >= 2:
-            return self._factorised_histogram(x, weights)
-        p = self.assignments(x)  # [B, L, N, W]
+            return self._factorised_histogram(x, mask, weights)
+        p = self.assignments(x, mask)  # [B, L, N, W]
         # A [B, 1, L] x [B, L, N*W] product: one pass over p, and padded tokens get weight 0.
         counts = torch.bmm(weights.to(p.dtype).unsqueeze(1), p.flatten(2))
         return counts.view(x.shape[0], self.n_partitions, -1)
 
-    def _factorised_histogram(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _factorised_histogram(self, x: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The sigmoid-product histogram without materialising the `[B, L, N, 2**K]` assignments, with a
         hand-written backward (`SigmoidHistogram`) that keeps only the bit probabilities and the token weights."""
-        z = self.plane_distances(x)
+        z = self.plane_distances(x, mask)
         return SigmoidHistogram.apply(z, weights.to(z.dtype), self.n_bits // 2)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -319,17 +383,23 @@ class TEMDE(nn.Module):
         if self.power != 1.0:  # the floor keeps the gradient of counts ** power finite near empty buckets
             counts = torch.where(counts > 0, counts.clamp_min(1e-6) ** self.power, torch.zeros_like(counts))
         sketch = F.normalize(counts, p=2, dim=-1).flatten(1)
+        if self.sketch_norm is not None:
+            sketch = self.sketch_norm(sketch)
         if self.proj is not None:
             sketch = self.proj(sketch)
         if self.residual:
             sketch = masked_mean(x, mask) + self.sketch_gain * sketch
+        if self.mean_weight:
+            return torch.cat([math.sqrt(self.mean_weight) * F.normalize(masked_mean(x, mask), p=2, dim=-1),
+                              math.sqrt(1 - self.mean_weight) * F.normalize(sketch, p=2, dim=-1)], dim=-1)
         return F.normalize(sketch, p=2, dim=-1)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, n_partitions={self.n_partitions}, n_bits={self.n_bits}, "
                 f"temperature={float(self.temperature):g}, relaxation={self.relaxation!r}, "
                 f"learn_planes={self.learn_planes}, out_dim={self.out_dim}, residual={self.residual}, "
-                f"token_weights={self.gate is not None}, power={self.power:g}")
+                f"token_weights={self.token_weights!r}, power={self.power:g}, token_stats={self.token_stats!r}, "
+                f"sketch_norm={'batch' if self.sketch_norm is not None else 'none'!r}, mean_weight={self.mean_weight:g}")
 
 
 def default_temperature_schedule(start: float, end: float, steps: int, step: int) -> float:
