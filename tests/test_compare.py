@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from temde.cli import main as cli_main
 from temde.data import load_split, write_split
@@ -154,3 +153,51 @@ def test_ablation_intervals_compare_each_variant_with_the_reference(tmp_path):
     assert (difference["estimate"], difference["low"], difference["high"]) == (600.0, 600.0, 600.0)
     assert difference["verdict"] == "ahead" and "against_reference" not in result["variants"]["temde"]
     assert "| mean | 0.0 [0.0, 0.0] | +600.0 | [+600.0, +600.0] | ahead |" in format_intervals(result)
+
+
+def test_the_record_holds_each_poolings_recipe_so_a_changed_recipe_is_not_reused(tmp_path, monkeypatch):
+    from temde.experiments.compare import CompareSettings
+    from temde.models import registry
+    from temde.outputs import claim_folder
+
+    presets = {"vse-small": json.loads((registry.PRESET_DIR / "vse-small.json").read_text()),
+               "saf-small": json.loads((registry.PRESET_DIR / "saf-small.json").read_text())}
+    settings = CompareSettings(data=str(tmp_path), hosts=["vse-small", "saf-small"], poolings=["temde", "gpo"],
+                               pool_options={"gpo": {"d_pe": 16}})
+    recipes = settings.recorded()["recipes"]
+    for host, preset in presets.items():  # the preset files' own recipes, read here independently
+        assert recipes[host]["temde"] == preset.get("pool_defaults", {}).get("temde", {})
+        assert recipes[host]["gpo"] == {"d_pe": 16}  # given options replace the preset's recipe
+    out = tmp_path / "cmp"
+    claim_folder(out, "compare", settings.recorded())
+    changed = dict(presets["vse-small"], pool_defaults={"temde": {"n_bits": 4}})
+    original = registry.load_preset
+    monkeypatch.setattr(registry, "load_preset",
+                        lambda name: changed if name == "vse-small" else original(name))
+    assert settings.recorded()["recipes"]["vse-small"]["temde"] == {"n_bits": 4}
+    with pytest.raises(Exception, match="--force|settings"):
+        claim_folder(out, "compare", settings.recorded())
+
+
+def test_pool_options_replace_the_presets_recipe_in_every_run(data, tmp_path, capsys):
+    from temde.models.registry import PRESET_DIR
+
+    common = ["--data", str(data), "--hosts", "vse-small", "--poolings", "temde", "--seeds", "0", "--epochs", "1",
+              "--batch-size", "16", "--max-steps-per-epoch", "2", "--resamples", "100", "--device", "cpu", "--quiet"]
+    assert cli_main(["compare", "--out", str(tmp_path / "recipe"), *common]) == 0
+    assert cli_main(["compare", "--out", str(tmp_path / "given"), "--pool-option", "temde:mean_weight=0",
+                     "--pool-option", "temde:n_bits=3", *common]) == 0
+
+    def trained_options(folder):
+        return json.loads((tmp_path / folder / "runs" / "vse-small-temde-seed0" / "config.json")
+                          .read_text())["model"]["pool_options"]
+
+    preset = json.loads((PRESET_DIR / "vse-small.json").read_text())
+    assert trained_options("recipe") == preset["pool_defaults"]["temde"]
+    assert trained_options("given") == {"mean_weight": 0, "n_bits": 3}
+    capsys.readouterr()
+    assert cli_main(["compare", "--out", str(tmp_path / "x"), "--pool-option", "gpo:d_pe=8", *common]) == 2
+    assert "'gpo' is not among the poolings" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["compare", "--out", str(tmp_path / "x"), "--pool-option", "mean_weight=0", *common])
+    assert "POOLING:KEY=VALUE" in capsys.readouterr().err

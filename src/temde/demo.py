@@ -49,6 +49,7 @@ class DemoSettings:
     hosts: list[str] = field(default_factory=lambda: ["vse-small"])
     poolings: list[str] = field(default_factory=lambda: ["temde", "gpo", "attention", "mean", "max"])
     reference: str = "temde"
+    pool_options: dict[str, dict] = field(default_factory=dict)  # per pooling, replacing the preset's recipe
     seeds: list[int] | None = None  # default: the mode's (FULL / QUICK)
     epochs: int | None = None  # default: the mode's
     jobs: int | None = None  # runs at once; default: 2 on a CPU with 2 or more cores, else 1
@@ -115,7 +116,7 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> dict
         data=str(data), out=s.out, hosts=list(s.hosts), poolings=list(s.poolings), reference=s.reference,
         seeds=list(s.seeds if s.seeds is not None else size.seeds), epochs=s.epochs or size.epochs,
         batch_size=size.batch_size, lr_update=size.lr_update, device=s.device, progress=s.progress, force=s.force,
-        jobs=s.jobs or default_jobs(s.device))
+        jobs=s.jobs or default_jobs(s.device), pool_options=dict(s.pool_options))
     results = run_compare(compare, log, command="demo", extra={"demo": {**asdict(s), "prepare_seconds": prepared}})
     log(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min (data {prepared / 60:.1f} min)")
     return results

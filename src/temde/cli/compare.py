@@ -18,6 +18,16 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _pool_option(text: str) -> tuple[str, str, object]:
+    """POOLING:KEY=VALUE -> (pooling, key, value), VALUE parsed as `temde train --pool-option` parses it."""
+    from temde.cli.train import _key_value
+
+    pooling, sep, rest = text.partition(":")
+    if not sep or not pooling:
+        raise argparse.ArgumentTypeError(f"expected POOLING:KEY=VALUE (e.g. temde:mean_weight=0), got {text!r}")
+    return (pooling, *_key_value(rest))
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """--hosts, --poolings, --reference: what is compared (shared with `temde demo`)."""
     p.add_argument("--hosts", type=_names, default=["vse-small"],
@@ -28,6 +38,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "encoder is always added)")
     p.add_argument("--reference", default="temde",
                    help="the pooling every other model is compared with; default %(default)s")
+    p.add_argument("--pool-option", action="append", type=_pool_option, default=[], metavar="POOLING:KEY=VALUE",
+                   help="an option for one pooling; the options given for a pooling replace the preset's recipe for "
+                        "it, e.g. temde:mean_weight=0 trains the sketch alone (repeatable; default: each preset's "
+                        "recipe, `temde models NAME`)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,6 +71,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def pool_options(args: argparse.Namespace) -> dict[str, dict]:
+    """--pool-option values grouped by pooling; a pooling not compared is a one-line error."""
+    from temde.errors import TemdeError
+
+    options: dict[str, dict] = {}
+    for pooling, key, value in args.pool_option:
+        if pooling not in args.poolings:
+            raise TemdeError(f"--pool-option {pooling}:{key}: {pooling!r} is not among the poolings "
+                             f"({','.join(args.poolings)})")
+        options.setdefault(pooling, {})[key] = value
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -76,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds, test_splits=args.test_splits, epochs=args.epochs, batch_size=args.batch_size,
         lr_update=args.lr_update, max_steps_per_epoch=args.max_steps_per_epoch, resamples=args.resamples,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), progress=not args.quiet,
-        force=args.force, jobs=args.jobs)
+        force=args.force, jobs=args.jobs, pool_options=pool_options(args))
     try:
         run_compare(settings)
     except ValueError as exc:

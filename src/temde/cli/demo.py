@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from temde.cli.compare import _seeds, add_model_options
+from temde.cli.compare import _seeds, add_model_options, pool_options
 
 
 def register(sub) -> None:
@@ -48,7 +48,8 @@ def run(args) -> int:
             raise TemdeError(f"{flag}: expected a positive integer, got {value}")
     settings = DemoSettings(
         out=args.out, quick=args.quick, data=args.data, cache=args.cache, hosts=args.hosts, poolings=args.poolings,
-        reference=args.reference, seeds=args.seeds, epochs=args.epochs, jobs=args.jobs,
+        reference=args.reference, pool_options=pool_options(args), seeds=args.seeds, epochs=args.epochs,
+        jobs=args.jobs,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), progress=not args.quiet,
         force=args.force)
     try:

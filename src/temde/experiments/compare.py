@@ -55,7 +55,18 @@ class CompareSettings:
         for key in ("device", "progress", "force", "jobs"):
             values.pop(key)
         values["data"] = str(Path(self.data).resolve())
+        # The options each run trains its pooling with, as the presets give them today: a folder whose runs were
+        # trained under another recipe is not reused as if it were this one.
+        # (Options given here replace the preset's recipe for that pooling, as in `temde train --pool-option`.)
+        values["recipes"] = {host: {pooling: self.pool_options.get(pooling, self._preset_recipe(host, pooling))
+                                    for pooling in self.poolings} for host in self.hosts}
         return values
+
+    @staticmethod
+    def _preset_recipe(host: str, pooling: str) -> dict[str, Any]:
+        from temde.models.registry import list_models, pool_recipe
+
+        return pool_recipe(host, pooling) if host in list_models() else {}
 
 
 def model_name(host: str, pooling: str) -> str:

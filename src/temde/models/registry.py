@@ -42,6 +42,15 @@ def load_preset(name: str) -> dict[str, Any]:
     return preset
 
 
+def pool_recipe(name: str, pooling: str) -> dict[str, Any]:
+    """The options a preset trains `pooling` with: its own `pool_options` for its own pooling, its `pool_defaults`
+    recipe for another (what the demo and the ablations found best there), else none (the pooling's defaults)."""
+    preset = load_preset(name)
+    if pooling == preset["model"]["pooling"]:
+        return dict(preset["model"].get("pool_options", {}))
+    return dict(preset.get("pool_defaults", {}).get(pooling, {}))
+
+
 def preset_config(name: str, **overrides: Any) -> ModelConfig:
     """The ModelConfig of a preset with some fields overridden. An unknown key is a ConfigError naming it.
 

@@ -148,6 +148,7 @@ def resolve_model(settings: TrainSettings, img_dim: int, vocab_size: int, init_c
     """(ModelConfig, training hyper-parameters) for the settings; the data fixes img_dim and vocab_size.
     `init_config` (the config of the `--init` checkpoint) replaces the preset's model part."""
     from temde.models import ModelConfig, list_models, load_preset
+    from temde.models.registry import pool_recipe
 
     overrides = dict(settings.model_overrides)
     for name in ("pooling", "pool_options", "embed_size"):
@@ -156,10 +157,8 @@ def resolve_model(settings: TrainSettings, img_dim: int, vocab_size: int, init_c
     if "pooling" in overrides and "pool_options" not in overrides:
         # A preset's pool options belong to its own pooling; another pooling gets the preset's recipe for it
         # (`pool_defaults`: what the demo and the ablations found best there), else its defaults.
-        preset = load_preset(settings.model) if settings.model in list_models() else None
-        if preset is None or overrides["pooling"] != preset["model"]["pooling"]:
-            recipe = preset.get("pool_defaults", {}) if preset else {}
-            overrides["pool_options"] = dict(recipe.get(overrides["pooling"], {}))
+        overrides["pool_options"] = (pool_recipe(settings.model, overrides["pooling"])
+                                     if settings.model in list_models() else {})
     overrides.update(img_dim=img_dim, vocab_size=vocab_size)
     if settings.word_vectors == "glove":
         from temde.data.word_vectors import GLOVE_DIM
