@@ -35,11 +35,12 @@ def main(path: str, data: str, n_images: int) -> None:
         encoded = {"images": model.encode_images(images, None), "captions": model.encode_captions(tokens, lengths)}
         for (side, enc), pool in zip(encoded.items(), model.pools):
             real = enc.local[enc.mask]
-            bits = torch.sigmoid(pool.plane_distances(real))
+            z = pool.plane_distances(real)
+            bits = torch.sigmoid(z)
             rows = F.normalize(pool.histogram(enc.local, enc.mask), dim=-1)  # [sets, N, 2**K]
             common = F.normalize(rows.mean(0, keepdim=True), dim=-1)
             print(f"{side}: token spread {real.std(0).mean():.4g} (pool standardises with {pool.in_std.mean():.4g}); "
-                  f"median |z| {pool.plane_distances(real).abs().median():.2f}; "
+                  f"median |z| {z.abs().median():.2f}; "
                   f"saturated bits {((bits < 0.02) | (bits > 0.98)).float().mean():.1%}; "
                   f"row histogram vs the mean row histogram: cosine {(rows * common).sum(-1).mean():.2f}")
         scores = encoded["images"].global_ @ encoded["captions"].global_.t()

@@ -338,7 +338,9 @@ class TEMDE(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Bucket logits `[..., N, 2**K]`: 1/2 sum_k s_k z_k, whose softmax is the product of bit sigmoids."""
-        z = self.plane_distances(x)
+        return self._code_logits(self.plane_distances(x))
+
+    def _code_logits(self, z: torch.Tensor) -> torch.Tensor:
         return 0.5 * z @ self.signs.to(z.dtype).t()
 
     def assignments(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -346,7 +348,7 @@ class TEMDE(nn.Module):
         z = self.plane_distances(x, mask)
         if self.relaxation == "sigmoid":
             return expand_bits(torch.sigmoid(z))
-        logits = 0.5 * z @ self.signs.to(z.dtype).t()
+        logits = self._code_logits(z)
         if self.relaxation == "gumbel" and not self.training:
             return logits.softmax(-1)  # no sampling noise at evaluation: the sigmoid product
         if self.relaxation == "gumbel":

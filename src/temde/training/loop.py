@@ -157,8 +157,9 @@ def resolve_model(settings: TrainSettings, img_dim: int, vocab_size: int, init_c
     if "pooling" in overrides and "pool_options" not in overrides:
         # A preset's pool options belong to its own pooling; another pooling gets the preset's recipe for it
         # (`pool_defaults`: what the demo and the ablations found best there), else its defaults.
-        overrides["pool_options"] = (pool_recipe(settings.model, overrides["pooling"])
-                                     if settings.model in list_models() else {})
+        preset = load_preset(settings.model) if settings.model in list_models() else None
+        if preset is None or overrides["pooling"] != preset["model"]["pooling"]:
+            overrides["pool_options"] = pool_recipe(settings.model, overrides["pooling"]) if preset else {}
     overrides.update(img_dim=img_dim, vocab_size=vocab_size)
     if settings.word_vectors == "glove":
         from temde.data.word_vectors import GLOVE_DIM
