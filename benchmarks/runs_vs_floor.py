@@ -22,14 +22,15 @@ def main(data: Path, compare_dir: Path, runs: list[Path]) -> None:
     splits = test_splits_of(data, None)
     layouts = {name: load_split(data, name, validate=False).layout for name in splits}
     floor = {name: [load_ranks(folder / f"ranks_{name}.npz") for folder in floors] for name in splits}
+    floor_rsum = {name: sum(metrics_from_ranks(r.i2t, r.t2i)["rsum"] for r in floor[name]) / len(floors)
+                  for name in splits}
     scored = {}
     for run in runs:
         ranks = scored[run] = score_run(run, data, splits, "cpu")
         for name in splits:
             rsum = metrics_from_ranks(ranks[name].i2t, ranks[name].t2i)["rsum"]
-            floor_rsum = sum(metrics_from_ranks(r.i2t, r.t2i)["rsum"] for r in floor[name]) / len(floor[name])
             diff = rsum_difference([ranks[name]], floor[name], layouts[name])
-            print(f"{run.name} {name}: rsum {rsum:.1f}, floor {floor_rsum:.1f} ({len(floors)} seeds); run minus "
+            print(f"{run.name} {name}: rsum {rsum:.1f}, floor {floor_rsum[name]:.1f} ({len(floors)} seeds); run minus "
                   f"floor {diff.estimate:+.1f} [{diff.low:+.1f}, {diff.high:+.1f}]")
     first = runs[0]
     for other in runs[1:]:
